@@ -1,0 +1,25 @@
+// The persistent local stack of `npm start` and `npm run db:reset`: ports and paths of DESIGN §10.
+
+import { anonKey, LOCAL_JWT_SECRET, serviceRoleKey } from "./tokens.ts";
+import { type Cluster, databaseUrl } from "./cluster.ts";
+import { REPO_ROOT } from "./process.ts";
+
+export const LOCAL_DB_PORT = 54322;
+export const LOCAL_FUNCTIONS_PORT = 54321;
+
+export const localCluster: Cluster = {
+  dataDir: `${REPO_ROOT}/.local/db`,
+  port: Number(Deno.env.get("LOCAL_DB_PORT") ?? LOCAL_DB_PORT),
+  throwaway: false,
+};
+
+/** The environment a hosted Supabase project gives its functions, with local values. */
+export async function functionsEnvironment(cluster: Cluster, functionsPort: number): Promise<Record<string, string>> {
+  return {
+    SUPABASE_DB_URL: databaseUrl(cluster),
+    SUPABASE_URL: `http://127.0.0.1:${functionsPort}`,
+    SUPABASE_JWT_SECRET: Deno.env.get("SUPABASE_JWT_SECRET") ?? LOCAL_JWT_SECRET,
+    SUPABASE_ANON_KEY: await anonKey(),
+    SUPABASE_SERVICE_ROLE_KEY: await serviceRoleKey(),
+  };
+}

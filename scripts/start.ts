@@ -1,0 +1,88 @@
+// `npm start`: the local stack without Docker. Starts (or creates) the Postgres cluster under
+// .local/, applies migrations, serves every function on :54321, prints how to call them, and stays
+// in the foreground until Ctrl-C, which stops the server and the database.
+
+import {
+  applyMigrations,
+  buildDatabase,
+  databaseUrl,
+  initCluster,
+  isInitialized,
+  isRunning,
+  prepareLikeSupabase,
+  startCluster,
+  stopCluster,
+} from "./lib/cluster.ts";
+import { serveFunctions } from "./lib/functions-server.ts";
+import { functionsEnvironment, LOCAL_FUNCTIONS_PORT, localCluster } from "./lib/local-stack.ts";
+import { log } from "./lib/process.ts";
+import { DEMO_STAFF, userToken } from "./lib/tokens.ts";
+
+const functionsPort = Number(Deno.env.get("LOCAL_FUNCTIONS_PORT") ?? LOCAL_FUNCTIONS_PORT);
+const cluster = localCluster;
+const url = databaseUrl(cluster);
+
+let server: Deno.HttpServer | undefined;
+let stopping = false;
+
+async function stop(exitCode: number): Promise<never> {
+  if (stopping) Deno.exit(exitCode);
+  stopping = true;
+  log("stopping functions server and database");
+  await server?.shutdown().catch(() => {});
+  await stopCluster(cluster);
+  log("stopped");
+  Deno.exit(exitCode);
+}
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.addSignalListener(signal, () => void stop(0));
+}
+
+try {
+  const fresh = !(await isInitialized(cluster));
+  if (fresh) {
+    log(`creating a new Postgres cluster in ${cluster.dataDir}`);
+    await initCluster(cluster);
+  }
+  if (await isRunning(cluster)) {
+    log("the database was already running (left over from an earlier run); reusing it");
+  } else {
+    await startCluster(cluster);
+  }
+  if (fresh) {
+    await buildDatabase(url);
+  } else {
+    // Existing data is kept; only migrations added since the last start are applied.
+    await prepareLikeSupabase(url);
+    await applyMigrations(url);
+  }
+
+  const environment = await functionsEnvironment(cluster, functionsPort);
+  for (const [name, value] of Object.entries(environment)) Deno.env.set(name, value);
+  server = await serveFunctions({ port: functionsPort, jwtSecret: environment.SUPABASE_JWT_SECRET });
+
+  const tokens = {
+    admin: await userToken(DEMO_STAFF.admin),
+    bartender: await userToken(DEMO_STAFF.bartender),
+    cashier: await userToken(DEMO_STAFF.cashier),
+  };
+  console.log(`
+Local stack is running (Ctrl-C stops it).
+
+  Functions URL   http://127.0.0.1:${functionsPort}/functions/v1/<name>
+  Database URL    ${url.replace("?sslmode=disable", "")}
+
+  Anon key            ${environment.SUPABASE_ANON_KEY}
+  Service role key    ${environment.SUPABASE_SERVICE_ROLE_KEY}
+  Admin token         ${tokens.admin}
+  Bartender token     ${tokens.bartender}
+  Cashier token       ${tokens.cashier}
+
+  Try:  curl http://127.0.0.1:${functionsPort}/functions/v1/health
+`);
+  await server.finished;
+} catch (error) {
+  console.error(`[stack] ${(error as Error).message}`);
+  await stop(1);
+}

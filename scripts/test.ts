@@ -1,0 +1,158 @@
+// `npm test`: every check of the project, in a throwaway Postgres cluster (never the `npm start`
+// one) that is created, used and deleted here. Prints one line per suite and a closing
+// `N passed, N failed`; exits non-zero when anything failed or nothing ran.
+
+import {
+  buildDatabase,
+  type Cluster,
+  databaseUrl,
+  DB_PASSWORD,
+  initCluster,
+  startCluster,
+  stopCluster,
+  SUPABASE_CLI,
+} from "./lib/cluster.ts";
+import { freePort, isRoot, log, REPO_ROOT, run } from "./lib/process.ts";
+import { LOCAL_JWT_SECRET } from "./lib/tokens.ts";
+
+interface SuiteResult {
+  name: string;
+  passed: number;
+  failed: number;
+}
+
+const results: SuiteResult[] = [];
+
+function record(name: string, passed: number, failed: number, output = ""): void {
+  results.push({ name, passed, failed });
+  if (failed > 0 && output) console.log(output.trimEnd());
+  console.log(`[test] ${name}: ${passed} passed, ${failed} failed`);
+}
+
+/** A check that is one pass or one fail (migrations, lint, advisors, type check). */
+async function check(name: string, command: string, args: string[], env: Record<string, string> = {}) {
+  const result = await run(command, args, { env, check: false });
+  const output = `${result.stdout}\n${result.stderr}`;
+  record(name, result.code === 0 ? 1 : 0, result.code === 0 ? 0 : 1, output);
+  return output;
+}
+
+async function runPgTap(cluster: Cluster): Promise<void> {
+  const folder = `${REPO_ROOT}/supabase/tests/database`;
+  const files = [...Deno.readDirSync(folder)].map((entry) => entry.name).filter((name) => name.endsWith(".test.sql"))
+    .sort().map((name) => `${folder}/${name}`);
+  if (files.length === 0) return record("pgTAP", 0, 1, "no pgTAP files found");
+  const result = await run("pg_prove", [
+    "--verbose",
+    "--failures",
+    "-h",
+    "127.0.0.1",
+    "-p",
+    String(cluster.port),
+    "-U",
+    "postgres",
+    "-d",
+    "postgres",
+    ...files,
+  ], { env: { PGPASSWORD: DB_PASSWORD }, check: false });
+  const output = `${result.stdout}\n${result.stderr}`;
+  const passed = (output.match(/^\s*ok \d+/gm) ?? []).length;
+  let failed = (output.match(/^\s*not ok \d+/gm) ?? []).length;
+  // A file that died or planned a different number of tests fails without a `not ok` line.
+  if (result.code !== 0 && failed === 0) failed = 1;
+  record("pgTAP", passed, failed, output);
+}
+
+async function waitForHttp(url: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const response = await fetch(url);
+      await response.body?.cancel();
+      return;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+  throw new Error(`functions server did not answer at ${url} within ${timeoutMs} ms`);
+}
+
+async function runDenoTests(cluster: Cluster): Promise<void> {
+  const functionsPort = freePort();
+  const env = {
+    SUPABASE_DB_URL: databaseUrl(cluster),
+    SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
+    SUPABASE_URL: `http://127.0.0.1:${functionsPort}`,
+    FUNCTIONS_PORT: String(functionsPort),
+    FUNCTIONS_URL: `http://127.0.0.1:${functionsPort}/functions/v1`,
+    NO_COLOR: "1",
+  };
+  const server = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", `${REPO_ROOT}/scripts/functions-server.ts`],
+    env,
+    cwd: REPO_ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  }).spawn();
+  // The server logs one line per request; keep them for a failure report instead of the console.
+  const serverLog = Promise.all([new Response(server.stdout).text(), new Response(server.stderr).text()]);
+  try {
+    await waitForHttp(`${env.FUNCTIONS_URL}/health`, 60_000);
+    const result = await run(Deno.execPath(), ["test", "--allow-all", "--no-check"], { env, check: false });
+    const output = `${result.stdout}\n${result.stderr}`;
+    const summary = /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/.exec(output);
+    const passed = summary ? Number(summary[1]) : 0;
+    let failed = summary ? Number(summary[2]) : 0;
+    if (result.code !== 0 && failed === 0) failed = 1;
+    record("deno test (unit, HTTP end-to-end, concurrency)", passed, failed, output);
+  } finally {
+    server.kill("SIGTERM");
+    const [stdout, stderr] = await serverLog;
+    await server.status;
+    if (results.at(-1)?.failed) console.log(`--- functions server log ---\n${stdout}${stderr}`.slice(-20_000));
+  }
+}
+
+const tempDir = await Deno.makeTempDir({ prefix: "festival-test-" });
+// The postgres user (when we are root) must reach the cluster folder inside it.
+await Deno.chmod(tempDir, 0o755);
+const cluster: Cluster = { dataDir: `${tempDir}/db`, port: freePort(), throwaway: true };
+const startedAt = performance.now();
+
+try {
+  log(`throwaway Postgres cluster on port ${cluster.port} in ${tempDir}${isRoot() ? " (as user postgres)" : ""}`);
+  await initCluster(cluster);
+  await startCluster(cluster);
+  const url = databaseUrl(cluster);
+  // Migrations through the Supabase CLI, which also parses and validates supabase/config.toml.
+  try {
+    await buildDatabase(url);
+    record("migrations and seed (supabase CLI, config.toml)", 1, 0);
+  } catch (error) {
+    record("migrations and seed (supabase CLI, config.toml)", 0, 1, (error as Error).message);
+    throw error;
+  }
+  await check("type check (deno check)", Deno.execPath(), [
+    "check",
+    "scripts/",
+    "supabase/functions/",
+  ]);
+  await runPgTap(cluster);
+  const cliEnv = { SUPABASE_TELEMETRY_DISABLED: "1", DO_NOT_TRACK: "1" };
+  await check("supabase db lint", SUPABASE_CLI, ["db", "lint", `--remote=${url}`, "--level", "warning", "--fail-on", "warning"], cliEnv);
+  await check("supabase db advisors --fail-on warn", SUPABASE_CLI, ["db", "advisors", `--remote=${url}`, "--fail-on", "warn"], cliEnv);
+  await runDenoTests(cluster);
+} catch (error) {
+  console.error(`[test] stopped early: ${(error as Error).message}`);
+  if (!results.some((result) => result.failed > 0)) record("test stack", 0, 1);
+} finally {
+  await stopCluster(cluster);
+  await Deno.remove(tempDir, { recursive: true }).catch(() => {});
+}
+
+const passed = results.reduce((sum, result) => sum + result.passed, 0);
+const failed = results.reduce((sum, result) => sum + result.failed, 0);
+log(`finished in ${((performance.now() - startedAt) / 1000).toFixed(1)} s`);
+console.log(`${passed} passed, ${failed} failed`);
+Deno.exit(failed > 0 || passed === 0 ? 1 : 0);

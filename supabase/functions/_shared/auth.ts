@@ -1,0 +1,79 @@
+// Verifies the caller's JWT. Locally (and on projects with a legacy HS256 secret) the secret comes
+// from the environment; on hosted projects with signing keys, from the project's JWKS. The token's
+// subject is passed to procedures, which decide what that user may do.
+
+import { createRemoteJWKSet, type JWTPayload, jwtVerify } from "jose";
+import { HttpError } from "./errors.ts";
+
+export interface Caller {
+  /** The verified `sub` claim (an auth user id), absent for the anon key and service keys. */
+  subject: string | null;
+  /** The verified `role` claim: `anon`, `authenticated` or `service_role`. */
+  role: string;
+  claims: JWTPayload;
+}
+
+type KeySource =
+  | { kind: "secret"; key: Uint8Array }
+  | { kind: "jwks"; keySet: ReturnType<typeof createRemoteJWKSet> };
+
+let cachedKeySource: KeySource | undefined;
+
+function keySource(): KeySource {
+  if (cachedKeySource) return cachedKeySource;
+  const secret = Deno.env.get("SUPABASE_JWT_SECRET") ?? Deno.env.get("JWT_SECRET");
+  const projectUrl = Deno.env.get("SUPABASE_URL");
+  if (secret) {
+    cachedKeySource = { kind: "secret", key: new TextEncoder().encode(secret) };
+  } else if (projectUrl) {
+    const jwksUrl = new URL("/auth/v1/.well-known/jwks.json", projectUrl);
+    cachedKeySource = { kind: "jwks", keySet: createRemoteJWKSet(jwksUrl) };
+  } else {
+    // Fail closed: never fall back to a well-known development secret.
+    throw new Error("no JWT verification key: set SUPABASE_JWT_SECRET (or JWT_SECRET) or SUPABASE_URL");
+  }
+  return cachedKeySource;
+}
+
+/** For tests: forget the key source so that a changed environment is read again. */
+export function resetAuthKeys(): void {
+  cachedKeySource = undefined;
+}
+
+export function bearerToken(request: Request): string {
+  const header = request.headers.get("authorization") ?? "";
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  if (!match) throw new HttpError("missing_token", "an Authorization: Bearer <token> header is required");
+  return match[1];
+}
+
+export async function verifyToken(token: string): Promise<Caller> {
+  const source = keySource();
+  try {
+    const { payload } = source.kind === "secret"
+      // Only HS256: a token saying `alg: none` or another algorithm is refused.
+      ? await jwtVerify(token, source.key, { algorithms: ["HS256"] })
+      : await jwtVerify(token, source.keySet, { algorithms: ["RS256", "ES256"] });
+    const role = typeof payload.role === "string" ? payload.role : "";
+    if (!role) throw new Error("token has no role claim");
+    return { subject: typeof payload.sub === "string" ? payload.sub : null, role, claims: payload };
+  } catch {
+    throw new HttpError("invalid_token", "the token is invalid or expired");
+  }
+}
+
+/** The verified caller of a request, or a 401 HttpError. */
+export async function authenticate(request: Request): Promise<Caller> {
+  return await verifyToken(bearerToken(request));
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A signed-in user (a staff member or practitioner): a token with a user id as subject. */
+export async function authenticateUser(request: Request): Promise<Caller & { subject: string }> {
+  const caller = await authenticate(request);
+  if (caller.role !== "authenticated" || !caller.subject || !UUID.test(caller.subject)) {
+    throw new HttpError("forbidden", "this endpoint needs a signed-in user's token");
+  }
+  return caller as Caller & { subject: string };
+}

@@ -1,0 +1,82 @@
+// The one place where outcomes become HTTP statuses (DESIGN §6). Procedures return business
+// outcomes as {"ok": false, "error": {"code": ...}}; edge functions never choose statuses themselves.
+
+export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
+  // Input the function rejected before calling the database.
+  invalid_input: 400,
+  invalid_json: 400,
+  invalid_content_type: 400,
+  unknown_package: 400,
+  // Caller identity.
+  missing_token: 401,
+  invalid_token: 401,
+  forbidden: 403,
+  // Things that do not exist.
+  not_found: 404,
+  card_not_found: 404,
+  account_not_found: 404,
+  product_not_found: 404,
+  user_not_found: 404,
+  method_not_allowed: 405,
+  insufficient_funds: 402,
+  card_blocked: 423,
+  price_mismatch: 409,
+  duplicate_tap_suspected: 409,
+  idempotency_key_in_use: 409,
+  idempotency_key_reused: 422,
+  limit_exceeded: 422,
+  payload_too_large: 413,
+  database_unavailable: 503,
+  internal_error: 500,
+};
+
+/** HTTP status for a business error code; an unknown code is a gap in this table, hence 500. */
+export function statusForErrorCode(code: string): number {
+  return STATUS_BY_ERROR_CODE[code] ?? 500;
+}
+
+/** A procedure result or error body: `{ ok: true, ... }` or `{ ok: false, error: { code } }`. */
+export interface OutcomeBody {
+  ok: boolean;
+  error?: { code: string; message?: string; [detail: string]: unknown };
+  [field: string]: unknown;
+}
+
+export function statusForOutcome(body: OutcomeBody): number {
+  if (body.ok) return 200;
+  return statusForErrorCode(body.error?.code ?? "internal_error");
+}
+
+export function errorBody(code: string, message: string, details: Record<string, unknown> = {}): OutcomeBody {
+  return { ok: false, error: { code, message, ...details } };
+}
+
+/** Thrown inside a function handler to answer with a mapped error; caught by `serveFunction`. */
+export class HttpError extends Error {
+  readonly status: number;
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+  ) {
+    super(message);
+    this.status = statusForErrorCode(code);
+  }
+}
+
+/**
+ * SQLSTATEs a procedure raises for invalid arguments (DESIGN §6: programming errors of the caller).
+ * They mean the input was wrong, not that the server failed, so they answer 400, never 500.
+ */
+const INVALID_ARGUMENT_SQLSTATES = new Set([
+  "22023", // invalid_parameter_value: raised by our procedures
+  "22P02", // invalid_text_representation: e.g. a malformed uuid
+  "22003", // numeric_value_out_of_range
+  "22004", // null_value_not_allowed
+  "22001", // string_data_right_truncation
+  "2201G", // invalid_argument_for_width_bucket_function and friends
+]);
+
+export function isInvalidArgumentSqlState(sqlState: string | undefined): boolean {
+  return sqlState !== undefined && INVALID_ARGUMENT_SQLSTATES.has(sqlState);
+}

@@ -1,0 +1,104 @@
+// Calls a PL/pgSQL procedure in `public` by name with named arguments and returns its jsonb.
+// postgres.js straight to Postgres over SUPABASE_DB_URL: the same RPC PostgREST would make, one
+// hop shorter. `prepare: false` because hosted projects sit behind the transaction pooler.
+
+import postgres from "postgres";
+
+export type ProcedureArguments = Record<string, string | number | boolean | null | object | undefined>;
+export type ProcedureResult = Record<string, unknown>;
+export type RpcCall = (procedure: string, args?: ProcedureArguments) => Promise<ProcedureResult>;
+
+const IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** A Postgres error raised by the procedure (invalid arguments, bugs); carries the SQLSTATE. */
+export class ProcedureError extends Error {
+  constructor(readonly procedure: string, readonly sqlState: string | undefined, message: string) {
+    super(message);
+    this.name = "ProcedureError";
+  }
+}
+
+/** The database could not be reached at all: nothing ran, the caller may retry with the same key. */
+export class DatabaseUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DatabaseUnavailableError";
+  }
+}
+
+// Serialization failures and deadlocks roll the whole call back, idempotency record included, so
+// running it again is safe. Our procedures lock in a fixed order and should never produce them.
+const RETRYABLE_SQLSTATES = new Set(["40001", "40P01"]);
+const MAX_ATTEMPTS = 3;
+
+const CONNECTION_ERROR_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ENOTFOUND",
+  "ETIMEDOUT",
+  "CONNECT_TIMEOUT",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "57P01", // admin_shutdown
+  "57P03", // cannot_connect_now
+]);
+
+/** Builds `select public.name(arg => $1, ...)`; names are checked, values always go as parameters. */
+export function buildCall(procedure: string, args: ProcedureArguments): { text: string; values: unknown[] } {
+  if (!IDENTIFIER.test(procedure)) throw new Error(`invalid procedure name: ${procedure}`);
+  const names = Object.keys(args).filter((name) => args[name] !== undefined);
+  for (const name of names) {
+    if (!IDENTIFIER.test(name)) throw new Error(`invalid argument name: ${name}`);
+  }
+  const placeholders = names.map((name, index) => `${name} => $${index + 1}`).join(", ");
+  return { text: `select public.${procedure}(${placeholders}) as result`, values: names.map((name) => args[name]) };
+}
+
+export interface RpcClient {
+  call: RpcCall;
+  end: () => Promise<void>;
+}
+
+export function createRpc(databaseUrl: string, options: { maxConnections?: number } = {}): RpcClient {
+  const sql = postgres(databaseUrl, {
+    prepare: false,
+    max: options.maxConnections ?? Number(Deno.env.get("DB_POOL_MAX") ?? "4"),
+    idle_timeout: 30,
+    connect_timeout: 5,
+    onnotice: () => {},
+    connection: { application_name: "edge-functions" },
+  });
+
+  async function call(procedure: string, args: ProcedureArguments = {}): Promise<ProcedureResult> {
+    const { text, values } = buildCall(procedure, args);
+    for (let attempt = 1;; attempt++) {
+      try {
+        // postgres.js asks the server for the parameter types and serializes each value for its
+        // type: objects go as JSON to jsonb, numbers to bigint, strings to text or uuid.
+        const rows = await sql.unsafe(text, values as never[]);
+        return rows[0].result as ProcedureResult;
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        if (code && RETRYABLE_SQLSTATES.has(code) && attempt < MAX_ATTEMPTS) continue;
+        if (code && CONNECTION_ERROR_CODES.has(code)) throw new DatabaseUnavailableError((error as Error).message);
+        if (error instanceof postgres.PostgresError) throw new ProcedureError(procedure, code, error.message);
+        throw error;
+      }
+    }
+  }
+
+  return { call, end: () => sql.end({ timeout: 5 }) };
+}
+
+let defaultClient: RpcClient | undefined;
+
+/** The process-wide client over SUPABASE_DB_URL, created on first use. */
+export const rpc: RpcCall = (procedure, args) => {
+  if (!defaultClient) {
+    const url = Deno.env.get("SUPABASE_DB_URL");
+    if (!url) throw new Error("SUPABASE_DB_URL is not set");
+    defaultClient = createRpc(url);
+  }
+  return defaultClient.call(procedure, args);
+};
