@@ -6,7 +6,11 @@ import postgres from "postgres";
 
 export type ProcedureArguments = Record<string, string | number | boolean | null | object | undefined>;
 export type ProcedureResult = Record<string, unknown>;
-export type RpcCall = (procedure: string, args?: ProcedureArguments) => Promise<ProcedureResult>;
+export type RpcCall = (
+  procedure: string,
+  args?: ProcedureArguments,
+  context?: CallContext,
+) => Promise<ProcedureResult>;
 
 const IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/;
 
@@ -44,15 +48,35 @@ const CONNECTION_ERROR_CODES = new Set([
   "57P03", // cannot_connect_now
 ]);
 
-/** Builds `select public.name(arg => $1, ...)`; names are checked, values always go as parameters. */
-export function buildCall(procedure: string, args: ProcedureArguments): { text: string; values: unknown[] } {
+/** Who is calling, recorded by the procedures in the attempt log (ops.app_transaction_log). */
+export interface CallContext {
+  functionName?: string;
+  requestId?: string;
+}
+
+/**
+ * Builds `select public.name(arg => $1, ...)`; names are checked, values always go as parameters.
+ * The call context travels as transaction-local settings set in the same statement (so it is
+ * safe behind the transaction pooler): the one-row subquery runs before the procedure.
+ */
+export function buildCall(
+  procedure: string,
+  args: ProcedureArguments,
+  context: CallContext = {},
+): { text: string; values: unknown[] } {
   if (!IDENTIFIER.test(procedure)) throw new Error(`invalid procedure name: ${procedure}`);
   const names = Object.keys(args).filter((name) => args[name] !== undefined);
   for (const name of names) {
     if (!IDENTIFIER.test(name)) throw new Error(`invalid argument name: ${name}`);
   }
   const placeholders = names.map((name, index) => `${name} => $${index + 1}`).join(", ");
-  return { text: `select public.${procedure}(${placeholders}) as result`, values: names.map((name) => args[name]) };
+  const contextStart = names.length + 1;
+  return {
+    text: `select public.${procedure}(${placeholders}) as result from (select ` +
+      `set_config('app.edge_function', $${contextStart}, true), ` +
+      `set_config('app.request_id', $${contextStart + 1}, true)) as call_context`,
+    values: [...names.map((name) => args[name]), context.functionName ?? "", context.requestId ?? ""],
+  };
 }
 
 export interface RpcClient {
@@ -70,8 +94,12 @@ export function createRpc(databaseUrl: string, options: { maxConnections?: numbe
     connection: { application_name: "edge-functions" },
   });
 
-  async function call(procedure: string, args: ProcedureArguments = {}): Promise<ProcedureResult> {
-    const { text, values } = buildCall(procedure, args);
+  async function call(
+    procedure: string,
+    args: ProcedureArguments = {},
+    context: CallContext = {},
+  ): Promise<ProcedureResult> {
+    const { text, values } = buildCall(procedure, args, context);
     for (let attempt = 1;; attempt++) {
       try {
         // postgres.js asks the server for the parameter types and serializes each value for its
@@ -94,11 +122,11 @@ export function createRpc(databaseUrl: string, options: { maxConnections?: numbe
 let defaultClient: RpcClient | undefined;
 
 /** The process-wide client over SUPABASE_DB_URL, created on first use. */
-export const rpc: RpcCall = (procedure, args) => {
+export const rpc: RpcCall = (procedure, args, context) => {
   if (!defaultClient) {
     const url = Deno.env.get("SUPABASE_DB_URL");
     if (!url) throw new Error("SUPABASE_DB_URL is not set");
     defaultClient = createRpc(url);
   }
-  return defaultClient.call(procedure, args);
+  return defaultClient.call(procedure, args, context);
 };

@@ -1,11 +1,38 @@
 import assert from "node:assert/strict";
 import { buildCall, createRpc, DatabaseUnavailableError, ProcedureError } from "../_shared/rpc.ts";
-import { DATABASE_URL } from "./http_helpers.ts";
+import { connectDatabase, DATABASE_URL } from "./http_helpers.ts";
 
 Deno.test("rpc: builds a named-argument call and skips undefined arguments", () => {
-  const { text, values } = buildCall("sp_example", { card_id: "DEMO-0001", amount_cents: 500, note: undefined });
-  assert.equal(text, "select public.sp_example(card_id => $1, amount_cents => $2) as result");
-  assert.deepEqual(values, ["DEMO-0001", 500]);
+  const { text, values } = buildCall("sp_example", { card_id: "DEMO-0001", amount_cents: 500, note: undefined }, {
+    functionName: "process-bar-order",
+    requestId: "r-1",
+  });
+  assert.match(text, /^select public\.sp_example\(card_id => \$1, amount_cents => \$2\) as result from /);
+  assert.match(text, /set_config\('app\.edge_function', \$3, true\), set_config\('app\.request_id', \$4, true\)/);
+  assert.deepEqual(values, ["DEMO-0001", 500, "process-bar-order", "r-1"]);
+});
+
+Deno.test("rpc: the call context reaches the attempt log", async () => {
+  const client = createRpc(DATABASE_URL, { maxConnections: 1 });
+  const sql = connectDatabase(1);
+  try {
+    const key = `rpc-context-${crypto.randomUUID()}`;
+    // A 1-cent recharge is below the minimum: a logged business failure that moves nothing.
+    const result = await client.call("sp_process_checkpoint_recharge", {
+      card_id: "DEMO-0001",
+      amount_cents: 1,
+      payment_method: "cash",
+      checkpoint_id: "entrance",
+      staff_user_id: "00000000-0000-4000-8000-00000000c001",
+      client_request_id: key,
+    }, { functionName: "unit-test", requestId: "request-42" });
+    assert.equal((result.error as { code: string }).code, "limit_exceeded");
+    const [row] = await sql`select edge_function, request_id from ops.app_transaction_log where client_request_id = ${key}`;
+    assert.deepEqual({ ...row }, { edge_function: "unit-test", request_id: "request-42" });
+  } finally {
+    await client.end();
+    await sql.end();
+  }
 });
 
 Deno.test("rpc: refuses names that are not plain identifiers", () => {
