@@ -5,6 +5,7 @@
 import {
   buildDatabase,
   type Cluster,
+  connectionArguments,
   databaseUrl,
   DB_PASSWORD,
   initCluster,
@@ -45,12 +46,7 @@ async function runPgTap(cluster: Cluster): Promise<void> {
   const result = await run("pg_prove", [
     "--verbose",
     "--failures",
-    "-h",
-    "127.0.0.1",
-    "-p",
-    String(cluster.port),
-    "-U",
-    "postgres",
+    ...connectionArguments(cluster),
     "-d",
     "postgres",
     ...files,

@@ -25,6 +25,11 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** `-h -p -U` for the Postgres command-line tools (pg_prove, pgbench, psql). */
+export function connectionArguments(cluster: Cluster): string[] {
+  return ["-h", "127.0.0.1", "-p", String(cluster.port), "-U", "postgres"];
+}
+
 export function isInitialized(cluster: Cluster): Promise<boolean> {
   return exists(`${cluster.dataDir}/PG_VERSION`);
 }

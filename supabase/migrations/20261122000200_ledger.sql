@@ -105,11 +105,15 @@ create table ledger.operations (
 );
 alter table ledger.operations enable row level security;
 
+-- Transfers are written only by ledger.post_transfers with account ids it has just read and an
+-- operation created in the same transaction; accounts and operations are never deleted. Foreign
+-- keys would add a query and a share lock on hot system accounts to every leg of every sale, so
+-- the references are proven by ledger_reconcile() (check `orphan_transfer`) instead.
 create table ledger.transfers (
   id bigint generated always as identity primary key,
-  operation_id bigint not null references ledger.operations (id),
-  from_account_id bigint not null references ledger.accounts (id),
-  to_account_id bigint not null references ledger.accounts (id),
+  operation_id bigint not null,
+  from_account_id bigint not null,
+  to_account_id bigint not null,
   amount_cents bigint not null check (amount_cents > 0),
   -- Set for customer accounts only (system balances are derived, see above).
   from_balance_before_cents bigint,
@@ -149,6 +153,8 @@ create trigger operations_append_only before update or delete on ledger.operatio
   for each row execute function ledger.refuse_history_change();
 create trigger operations_no_truncate before truncate on ledger.operations
   for each statement execute function ledger.refuse_history_change();
+create trigger accounts_never_deleted before delete on ledger.accounts
+  for each row execute function ledger.refuse_history_change();
 
 /** Balance of every account: stored for customer accounts, derived from transfers for system ones. */
 create view ledger.account_balances with (security_invoker = true) as
@@ -174,9 +180,12 @@ create type ledger.transfer_leg as (from_account_id bigint, to_account_id bigint
 /**
  * The one function that moves money. Locks every customer account of the legs in id order (so
  * concurrent operations never deadlock), applies the legs in the order given, records the balance
- * before and after of each customer account, and returns the new transfer ids. A customer balance
- * that would go below zero violates the CHECK and aborts the whole operation: callers check funds
- * first and return `insufficient_funds`; the CHECK is the last line of defence.
+ * before and after of each customer account, and returns the new transfer ids.
+ *
+ * Callers check funds first and return `insufficient_funds`; a customer balance that would go
+ * below zero at any leg raises here (check_violation) and aborts the whole operation, and the
+ * CHECK on the account is the last line of defence. Balances are computed in memory and written
+ * once per account, the transfers in one insert: the fewer statements, the faster every sale.
  */
 create function ledger.post_transfers(p_operation_id bigint, p_legs ledger.transfer_leg[])
 returns bigint[]
@@ -184,53 +193,105 @@ language plpgsql
 set search_path = ''
 as $$
 declare
+  v_touched_ids bigint[] := array[]::bigint[];
+  v_customer_ids bigint[];
+  v_balances bigint[];
   v_leg ledger.transfer_leg;
-  v_from_after bigint;
-  v_to_after bigint;
-  v_transfer_id bigint;
-  v_transfer_ids bigint[] := array[]::bigint[];
+  v_position integer;
+  v_from_ids bigint[] := array[]::bigint[];
+  v_to_ids bigint[] := array[]::bigint[];
+  v_amounts bigint[] := array[]::bigint[];
+  v_from_before bigint[] := array[]::bigint[];
+  v_from_after bigint[] := array[]::bigint[];
+  v_to_before bigint[] := array[]::bigint[];
+  v_to_after bigint[] := array[]::bigint[];
+  v_transfer_ids bigint[];
 begin
-  perform 1
-  from ledger.accounts
-  where id in (select (unnest(p_legs)).from_account_id union select (unnest(p_legs)).to_account_id)
-    and kind <> 'system'
-  order by id
-  for update;
-
   foreach v_leg in array p_legs loop
     if v_leg.amount_cents is null or v_leg.amount_cents <= 0 then
       raise exception 'transfer amount must be positive, got %', v_leg.amount_cents
         using errcode = 'invalid_parameter_value';
     end if;
-    v_from_after := null;
-    v_to_after := null;
-    update ledger.accounts set balance_cents = balance_cents - v_leg.amount_cents
-    where id = v_leg.from_account_id and kind <> 'system'
-    returning balance_cents into v_from_after;
-    update ledger.accounts set balance_cents = balance_cents + v_leg.amount_cents
-    where id = v_leg.to_account_id and kind <> 'system'
-    returning balance_cents into v_to_after;
+    v_touched_ids := v_touched_ids || v_leg.from_account_id || v_leg.to_account_id;
+  end loop;
+
+  -- Lock the customer accounts in id order and read their balances. System accounts are not
+  -- locked: their balance is derived from transfers.
+  select coalesce(array_agg(locked.id order by locked.id), '{}'),
+    coalesce(array_agg(locked.balance_cents order by locked.id), '{}')
+  into v_customer_ids, v_balances
+  from (
+    select id, balance_cents from ledger.accounts
+    where id = any (v_touched_ids) and kind <> 'system'
+    order by id
+    for update
+  ) as locked;
+
+  foreach v_leg in array p_legs loop
+    v_from_ids := v_from_ids || v_leg.from_account_id;
+    v_to_ids := v_to_ids || v_leg.to_account_id;
+    v_amounts := v_amounts || v_leg.amount_cents;
+    v_position := array_position(v_customer_ids, v_leg.from_account_id);
+    if v_position is null then
+      v_from_before := v_from_before || null::bigint;
+      v_from_after := v_from_after || null::bigint;
+    else
+      if v_balances[v_position] < v_leg.amount_cents then
+        raise exception 'account % would go below zero', v_leg.from_account_id
+          using errcode = 'check_violation', hint = 'check the balance before moving money';
+      end if;
+      v_from_before := v_from_before || v_balances[v_position];
+      v_balances[v_position] := v_balances[v_position] - v_leg.amount_cents;
+      v_from_after := v_from_after || v_balances[v_position];
+    end if;
+    v_position := array_position(v_customer_ids, v_leg.to_account_id);
+    if v_position is null then
+      v_to_before := v_to_before || null::bigint;
+      v_to_after := v_to_after || null::bigint;
+    else
+      v_to_before := v_to_before || v_balances[v_position];
+      v_balances[v_position] := v_balances[v_position] + v_leg.amount_cents;
+      v_to_after := v_to_after || v_balances[v_position];
+    end if;
+  end loop;
+
+  update ledger.accounts as account
+  set balance_cents = final.balance_cents
+  from unnest(v_customer_ids, v_balances) as final(id, balance_cents)
+  where account.id = final.id and account.balance_cents <> final.balance_cents;
+
+  with inserted as (
     insert into ledger.transfers (
       operation_id, from_account_id, to_account_id, amount_cents,
       from_balance_before_cents, from_balance_after_cents, to_balance_before_cents, to_balance_after_cents)
-    values (
-      p_operation_id, v_leg.from_account_id, v_leg.to_account_id, v_leg.amount_cents,
-      v_from_after + v_leg.amount_cents, v_from_after, v_to_after - v_leg.amount_cents, v_to_after)
-    returning id into v_transfer_id;
-    v_transfer_ids := v_transfer_ids || v_transfer_id;
-  end loop;
+    select p_operation_id, leg.from_id, leg.to_id, leg.amount, leg.from_before, leg.from_after, leg.to_before,
+      leg.to_after
+    from unnest(v_from_ids, v_to_ids, v_amounts, v_from_before, v_from_after, v_to_before, v_to_after)
+      with ordinality as leg(from_id, to_id, amount, from_before, from_after, to_before, to_after, position)
+    order by leg.position
+    returning id
+  )
+  select array_agg(id order by id) into v_transfer_ids from inserted;
   return v_transfer_ids;
 end;
 $$;
 
+-- Helpers called on every operation are PL/pgSQL, not SQL functions: PL/pgSQL keeps its plans for
+-- the whole session, a non-inlined SQL function is planned again in every transaction.
+
 create function ledger.create_operation(p_kind text, p_client_request_id text, p_actor_user_id uuid, p_metadata jsonb)
 returns bigint
-language sql
+language plpgsql
 set search_path = ''
 as $$
+declare
+  v_operation_id bigint;
+begin
   insert into ledger.operations (kind, client_request_id, actor_user_id, metadata)
   values (p_kind, p_client_request_id, p_actor_user_id, coalesce(p_metadata, '{}'::jsonb))
-  returning id
+  returning id into v_operation_id;
+  return v_operation_id;
+end;
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -245,7 +306,8 @@ create table ledger.idempotency_keys (
   created_at timestamptz not null default now(),
   expires_at timestamptz not null default now() + interval '24 hours'
 );
-create index idempotency_keys_expires_at on ledger.idempotency_keys (expires_at);
+-- BRIN: keys arrive in time order, and the purge only needs ranges. Nearly free to maintain.
+create index idempotency_keys_expires_at on ledger.idempotency_keys using brin (expires_at);
 alter table ledger.idempotency_keys enable row level security;
 
 /** A business outcome that is not success (DESIGN §6). */
@@ -292,11 +354,13 @@ $$;
 
 create function ledger.idempotency_finish(p_key text, p_operation text, p_fingerprint text, p_response jsonb)
 returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
+begin
   insert into ledger.idempotency_keys (key, operation, request_fingerprint, response)
-  values (p_key, p_operation, p_fingerprint, p_response)
+  values (p_key, p_operation, p_fingerprint, p_response);
+end;
 $$;
 
 /** Deletes expired keys; run it from a scheduler (pg_cron on Supabase). Returns how many. */
@@ -338,8 +402,9 @@ create table ops.app_transaction_log (
   client_request_id text,
   actor_user_id uuid
 );
-create index app_transaction_log_created_at on ops.app_transaction_log (created_at);
-create index app_transaction_log_card on ops.app_transaction_log (card_id, created_at) where card_id is not null;
+-- Monitoring counts attempts by time window. BRIN, because rows arrive in time order and a btree
+-- would cost every sale an index insert; a card's history comes from its transfers instead.
+create index app_transaction_log_created_at on ops.app_transaction_log using brin (created_at);
 alter table ops.app_transaction_log enable row level security;
 
 /**
@@ -358,9 +423,10 @@ create function ops.log_attempt(
   p_balance_after_cents bigint default null,
   p_details jsonb default '{}'::jsonb)
 returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
+begin
   insert into ops.app_transaction_log (
     operation_type, status, error_code, card_id, account_id, amount_cents, balance_before_cents,
     balance_after_cents, operation_id, details, edge_function, request_id, client_request_id, actor_user_id)
@@ -383,7 +449,8 @@ as $$
     nullif(current_setting('app.edge_function', true), ''),
     nullif(current_setting('app.request_id', true), ''),
     p_client_request_id,
-    p_actor_user_id)
+    p_actor_user_id);
+end;
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -404,11 +471,13 @@ end;
 $$;
 
 create function ledger.require_client_request_id(p_client_request_id text) returns void
-language sql immutable
+language plpgsql immutable
 set search_path = ''
 as $$
-  select ledger.require(length(p_client_request_id) between 1 and 255, 'client_request_id',
-    'must be 1 to 255 characters')
+begin
+  perform ledger.require(length(p_client_request_id) between 1 and 255, 'client_request_id',
+    'must be 1 to 255 characters');
+end;
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -421,6 +490,7 @@ $$;
  *   negative_balance    a customer account below zero
  *   nonzero_total       the sum of all balances is not zero
  *   balance_chain       a transfer whose balance before is not the balance after the account's previous one
+ *   orphan_transfer     a transfer whose account or operation does not exist
  */
 create function public.ledger_reconcile()
 returns table (check_name text, account_id bigint, account_code text, expected_cents bigint, actual_cents bigint, detail text)
@@ -469,6 +539,13 @@ as $$
   ) chain
   -- Accounts open at zero, so the first transfer of an account starts from zero.
   where coalesce(chain.previous_after, 0) <> chain.before
+  union all
+  select 'orphan_transfer', null, null, null::bigint, t.amount_cents,
+    format('transfer %s refers to a missing account or operation', t.id)
+  from ledger.transfers t
+  where not exists (select 1 from ledger.accounts a where a.id = t.from_account_id)
+    or not exists (select 1 from ledger.accounts a where a.id = t.to_account_id)
+    or not exists (select 1 from ledger.operations o where o.id = t.operation_id)
 $$;
 revoke execute on function public.ledger_reconcile() from public, anon, authenticated;
 grant execute on function public.ledger_reconcile() to service_role;
