@@ -44,7 +44,12 @@ export async function readVerifyJwtSettings(): Promise<Record<string, boolean>> 
 function gatewayError(status: number, message: string): Response {
   return new Response(JSON.stringify({ code: status, message }), {
     status,
-    headers: { "content-type": "application/json", "access-control-allow-origin": "*" },
+    headers: {
+      "content-type": "application/json",
+      "access-control-allow-origin": "*",
+      "access-control-expose-headers": "x-request-id",
+      "x-request-id": crypto.randomUUID(),
+    },
   });
 }
 

@@ -828,3 +828,63 @@ set search_path = ''
 as $$ select festival.set_card_status(card_id, 'active', staff_user_id, client_request_id, null) $$;
 revoke execute on function public.sp_admin_unblock_card(text, uuid, text) from public, anon, authenticated;
 grant execute on function public.sp_admin_unblock_card(text, uuid, text) to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Reading a card (card-balance function): status, balance and the last movements. No key, no
+-- log line: reading changes nothing.
+-- ---------------------------------------------------------------------------------------------
+
+create function public.sp_card_balance(card_id text, movement_limit integer default 20)
+returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_card festival.cards;
+  v_balance_cents bigint;
+  v_movements jsonb;
+begin
+  perform festival.require_card_id(sp_card_balance.card_id);
+  perform ledger.require(sp_card_balance.movement_limit between 1 and 100, 'movement_limit', 'must be 1 to 100');
+  select * into v_card from festival.cards where id = sp_card_balance.card_id;
+  if not found then
+    return ledger.error_result('card_not_found', 'no card with this id',
+      jsonb_build_object('card_id', sp_card_balance.card_id));
+  end if;
+  select balance_cents into v_balance_cents from ledger.accounts where id = v_card.account_id;
+
+  select coalesce(jsonb_agg(jsonb_build_object(
+      'at', movement.created_at,
+      'kind', operation.kind,
+      'amount_cents', movement.amount_cents,
+      'balance_after_cents', movement.balance_after_cents,
+      'location', coalesce(point_of_sale.name, checkpoint.name)) order by movement.id desc), '[]'::jsonb)
+  into v_movements
+  from (
+    select id, operation_id, created_at, amount_cents, balance_after_cents
+    from (
+      (select id, operation_id, created_at, -amount_cents as amount_cents, from_balance_after_cents as balance_after_cents
+       from ledger.transfers where from_account_id = v_card.account_id order by id desc limit sp_card_balance.movement_limit)
+      union all
+      (select id, operation_id, created_at, amount_cents, to_balance_after_cents
+       from ledger.transfers where to_account_id = v_card.account_id order by id desc limit sp_card_balance.movement_limit)
+    ) as both_directions
+    order by id desc
+    limit sp_card_balance.movement_limit
+  ) as movement
+  join ledger.operations operation on operation.id = movement.operation_id
+  left join festival.points_of_sale point_of_sale on point_of_sale.id = operation.metadata ->> 'point_of_sale_id'
+  left join festival.checkpoints checkpoint on checkpoint.id = operation.metadata ->> 'checkpoint_id';
+
+  return jsonb_build_object(
+    'ok', true,
+    'card_id', v_card.id,
+    'status', v_card.status,
+    'balance_cents', v_balance_cents,
+    'movements', v_movements);
+end;
+$$;
+revoke execute on function public.sp_card_balance(text, integer) from public, anon, authenticated;
+grant execute on function public.sp_card_balance(text, integer) to service_role;

@@ -17,6 +17,8 @@ export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
   account_not_found: 404,
   product_not_found: 404,
   user_not_found: 404,
+  point_of_sale_not_found: 404,
+  checkpoint_not_found: 404,
   method_not_allowed: 405,
   insufficient_funds: 402,
   card_blocked: 423,

@@ -1,0 +1,64 @@
+// Input validation shared by the functions (zod, strict: unknown fields, floats, strings for
+// numbers are rejected). Failures become 400 with every failing field path.
+
+import { z } from "zod";
+import { HttpError } from "./errors.ts";
+
+/**
+ * The largest amount any single request may carry: more than a card can ever hold is not a
+ * plausible input but a bug or an attack (400). Amounts within it that break the festival's
+ * configured limits are business outcomes from the database (422 limit_exceeded).
+ */
+export const MAX_AMOUNT_CENTS = Number(Deno.env.get("MAX_AMOUNT_CENTS") ?? "50000");
+
+export const cardId = z.string().regex(
+  /^[A-Za-z0-9][A-Za-z0-9:_-]{0,63}$/,
+  "1 to 64 letters, digits, ':', '_' or '-', starting with a letter or digit",
+);
+export const identifier = z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, "1 to 64 lowercase letters, digits or '-'");
+/** Client-generated idempotency key: 1 to 255 visible ASCII characters (a UUID fits). */
+export const clientRequestId = z.string().regex(/^[\x21-\x7e]{1,255}$/, "1 to 255 visible ASCII characters");
+export const amountCents = z.number().int().positive().max(MAX_AMOUNT_CENTS);
+
+export interface FieldProblem {
+  path: string;
+  message: string;
+}
+
+function fieldPath(path: PropertyKey[]): string {
+  return path.map((part) => typeof part === "number" ? `[${part}]` : `.${String(part)}`).join("").replace(/^\./, "") ||
+    "body";
+}
+
+/** Parses `value` with `schema` or throws a 400 HttpError listing every failing field. */
+export function parseInput<Schema extends z.ZodType>(schema: Schema, value: unknown): z.infer<Schema> {
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  const fields: FieldProblem[] = result.error.issues.flatMap((issue) =>
+    issue.code === "unrecognized_keys"
+      ? issue.keys.map((key) => ({ path: fieldPath([...issue.path, key]), message: "unknown field" }))
+      : [{ path: fieldPath(issue.path), message: issue.message }]
+  );
+  throw new HttpError("invalid_input", `invalid ${fields.map((field) => field.path).join(", ")}`, { fields });
+}
+
+/**
+ * The idempotency key: `client_request_id` in the body or the `Idempotency-Key` header; when
+ * both are sent they must be equal.
+ */
+export function resolveClientRequestId(request: Request, fromBody: string | undefined): string {
+  const header = request.headers.get("idempotency-key") ?? undefined;
+  if (header !== undefined) parseInput(z.object({ "Idempotency-Key": clientRequestId }), { "Idempotency-Key": header });
+  if (header !== undefined && fromBody !== undefined && header !== fromBody) {
+    throw new HttpError("invalid_input", "Idempotency-Key and client_request_id differ", {
+      fields: [{ path: "client_request_id", message: "must equal the Idempotency-Key header" }],
+    });
+  }
+  const key = fromBody ?? header;
+  if (key === undefined) {
+    throw new HttpError("invalid_input", "client_request_id is required", {
+      fields: [{ path: "client_request_id", message: "send client_request_id or an Idempotency-Key header" }],
+    });
+  }
+  return key;
+}
