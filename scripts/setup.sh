@@ -6,11 +6,19 @@ set -eu
 
 cd "$(dirname "$0")/.."
 
-# npm dependencies, from the lock file, when missing or older than the lock file.
-if [ ! -x node_modules/.bin/deno ] || [ ! -x node_modules/.bin/supabase ] \
+# npm dependencies, from the lock file, when missing, older than the lock file, or when asked
+# (FORCE_NPM_INSTALL=1, as CI does).
+if [ "${FORCE_NPM_INSTALL:-0}" = "1" ] || [ ! -x node_modules/.bin/deno ] || [ ! -x node_modules/.bin/supabase ] \
   || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "[setup] installing npm dependencies (npm ci)" >&2
-  npm ci --no-audit --no-fund --loglevel=error >&2
+  echo "[setup] installing npm dependencies from package-lock.json (npm ci)" >&2
+  if ! npm ci --no-audit --no-fund --loglevel=error >&2; then
+    # deno and supabase ship one binary package per platform as optional dependencies. A registry
+    # that serves only some platforms (as this workplace's mirror does) leaves the others out of
+    # the lock file, and npm ci then refuses it. npm install --no-save installs the same pinned
+    # versions from the same lock file and leaves it untouched.
+    echo "[setup] npm ci refused the lock file; installing the same pinned versions with npm install --no-save" >&2
+    npm install --no-save --no-audit --no-fund --loglevel=error >&2
+  fi
 fi
 
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
