@@ -121,11 +121,14 @@ export function createRpc(databaseUrl: string, options: { maxConnections?: numbe
 
 let defaultClient: RpcClient | undefined;
 
-/** The process-wide client over SUPABASE_DB_URL, created on first use. */
+/**
+ * The process-wide client, created on first use. DB_URL (a secret you can set, e.g. the transaction
+ * pooler's URL) wins over SUPABASE_DB_URL (set by the platform; the SUPABASE_ prefix is reserved).
+ */
 export const rpc: RpcCall = (procedure, args, context) => {
   if (!defaultClient) {
-    const url = Deno.env.get("SUPABASE_DB_URL");
-    if (!url) throw new Error("SUPABASE_DB_URL is not set");
+    const url = Deno.env.get("DB_URL") ?? Deno.env.get("SUPABASE_DB_URL");
+    if (!url) throw new Error("neither DB_URL nor SUPABASE_DB_URL is set");
     defaultClient = createRpc(url);
   }
   return defaultClient.call(procedure, args, context);
