@@ -6,7 +6,6 @@ export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
   invalid_input: 400,
   invalid_json: 400,
   invalid_content_type: 400,
-  unknown_package: 400,
   // Caller identity.
   missing_token: 401,
   invalid_token: 401,
@@ -30,6 +29,18 @@ export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
   payload_too_large: 413,
   database_unavailable: 503,
   internal_error: 500,
+  // Practitioner credits.
+  self_booking: 422,
+  booking_already_paid: 409,
+  hold_not_found: 404,
+  hold_already_exists: 409,
+  hold_already_released: 409,
+  plan_not_found: 404,
+  // Stripe online recharges.
+  unknown_package: 400,
+  unmatched_payment: 404,
+  recharge_not_found: 404,
+  payment_mismatch: 422,
 };
 
 /** HTTP status for a business error code; an unknown code is a gap in this table, hence 500. */
