@@ -17,6 +17,7 @@ import { serveFunctions } from "./lib/functions-server.ts";
 import { functionsEnvironment, LOCAL_FUNCTIONS_PORT, localCluster } from "./lib/local-stack.ts";
 import { log } from "./lib/process.ts";
 import { DEMO_STAFF, userToken } from "./lib/tokens.ts";
+import { startStripeStandIn } from "./lib/stripe-stand-in.ts";
 
 const functionsPort = Number(Deno.env.get("LOCAL_FUNCTIONS_PORT") ?? LOCAL_FUNCTIONS_PORT);
 const cluster = localCluster;
@@ -58,7 +59,8 @@ try {
     await applyMigrations(url);
   }
 
-  const environment = await functionsEnvironment(cluster, functionsPort);
+  const stripeStandIn = Deno.env.get("STRIPE_SECRET_KEY") ? undefined : startStripeStandIn();
+  const environment = await functionsEnvironment(cluster, functionsPort, stripeStandIn?.port ?? 0);
   for (const [name, value] of Object.entries(environment)) Deno.env.set(name, value);
   server = await serveFunctions({ port: functionsPort, jwtSecret: environment.SUPABASE_JWT_SECRET });
 
@@ -78,6 +80,13 @@ Local stack is running (Ctrl-C stops it).
   Admin token         ${tokens.admin}
   Bartender token     ${tokens.bartender}
   Cashier token       ${tokens.cashier}
+
+  Stripe              ${
+    stripeStandIn
+      ? `local stand-in for checkout sessions at http://127.0.0.1:${stripeStandIn.port} (set STRIPE_SECRET_KEY to use Stripe)`
+      : "Stripe API with your STRIPE_SECRET_KEY"
+  }
+  Webhook secret      ${Deno.env.get("STRIPE_WEBHOOK_SECRET") ? "from STRIPE_WEBHOOK_SECRET" : "whsec_local_development"}
 
   Try:  curl http://127.0.0.1:${functionsPort}/functions/v1/health
 `);

@@ -15,6 +15,8 @@ import {
 } from "./lib/cluster.ts";
 import { freePort, isRoot, log, REPO_ROOT, run } from "./lib/process.ts";
 import { LOCAL_JWT_SECRET } from "./lib/tokens.ts";
+import { startStripeStandIn } from "./lib/stripe-stand-in.ts";
+import { LOCAL_WEBHOOK_SECRET } from "../supabase/functions/_shared/stripe.ts";
 
 interface SuiteResult {
   name: string;
@@ -75,12 +77,19 @@ async function waitForHttp(url: string, timeoutMs: number): Promise<void> {
 
 async function runDenoTests(cluster: Cluster): Promise<void> {
   const functionsPort = freePort();
+  // Stripe cannot be reached from here: create-checkout-session talks to the local stand-in.
+  const stripeStandIn = startStripeStandIn();
   const env = {
     SUPABASE_DB_URL: databaseUrl(cluster),
     SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
     SUPABASE_URL: `http://127.0.0.1:${functionsPort}`,
     FUNCTIONS_PORT: String(functionsPort),
     FUNCTIONS_URL: `http://127.0.0.1:${functionsPort}/functions/v1`,
+    STRIPE_SECRET_KEY: "sk_test_local_stand_in",
+    STRIPE_API_HOST: "127.0.0.1",
+    STRIPE_API_PORT: String(stripeStandIn.port),
+    STRIPE_API_PROTOCOL: "http",
+    STRIPE_WEBHOOK_SECRET: LOCAL_WEBHOOK_SECRET,
     NO_COLOR: "1",
   };
   const server = new Deno.Command(Deno.execPath(), {
@@ -103,6 +112,7 @@ async function runDenoTests(cluster: Cluster): Promise<void> {
     if (result.code !== 0 && failed === 0) failed = 1;
     record("deno test (unit, HTTP end-to-end, concurrency)", passed, failed, output);
   } finally {
+    await stripeStandIn.close();
     server.kill("SIGTERM");
     const [stdout, stderr] = await serverLog;
     await server.status;

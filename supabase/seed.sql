@@ -47,3 +47,9 @@ select public.sp_process_checkpoint_recharge(
   '00000000-0000-4000-8000-00000000c001', 'seed-recharge-DEMO-' || lpad(n::text, 4, '0'))
 from generate_series(51, 100) as n;
 
+
+-- Top-up packages: the card receives price plus bonus (the bonus comes from promotions).
+insert into festival.topup_packages (code, name, price_cents, bonus_cents) values
+  ('MINI', 'Mini', 2000, 0),
+  ('MIDI', 'Midi', 5000, 250),
+  ('MAXI', 'Maxi', 10000, 1000);

@@ -13,9 +13,23 @@ export const localCluster: Cluster = {
   throwaway: false,
 };
 
-/** The environment a hosted Supabase project gives its functions, with local values. */
-export async function functionsEnvironment(cluster: Cluster, functionsPort: number): Promise<Record<string, string>> {
+/**
+ * The environment a hosted Supabase project gives its functions, with local values. Without a
+ * STRIPE_SECRET_KEY of your own, checkout sessions go to the local Stripe stand-in on `stripePort`.
+ */
+export async function functionsEnvironment(
+  cluster: Cluster,
+  functionsPort: number,
+  stripePort: number,
+): Promise<Record<string, string>> {
+  const stripe: Record<string, string> = Deno.env.get("STRIPE_SECRET_KEY") ? {} : {
+    STRIPE_SECRET_KEY: "sk_test_local_stand_in",
+    STRIPE_API_HOST: "127.0.0.1",
+    STRIPE_API_PORT: String(stripePort),
+    STRIPE_API_PROTOCOL: "http",
+  };
   return {
+    ...stripe,
     SUPABASE_DB_URL: databaseUrl(cluster),
     SUPABASE_URL: `http://127.0.0.1:${functionsPort}`,
     SUPABASE_JWT_SECRET: Deno.env.get("SUPABASE_JWT_SECRET") ?? LOCAL_JWT_SECRET,

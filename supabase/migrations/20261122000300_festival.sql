@@ -61,6 +61,17 @@ create table festival.products (
 );
 alter table festival.products enable row level security;
 
+/** Top-up packages: the card receives price plus bonus; the bonus is paid from promotions. */
+create table festival.topup_packages (
+  code text primary key check (code ~ '^[A-Z0-9][A-Z0-9_-]{0,31}$'),
+  name text not null check (length(name) between 1 and 100),
+  price_cents bigint not null check (price_cents > 0),
+  bonus_cents bigint not null default 0 check (bonus_cents >= 0),
+  active boolean not null default true,
+  created_at timestamptz not null default now()
+);
+alter table festival.topup_packages enable row level security;
+
 -- NFC card UIDs: hex with optional separators, or printed ids like DEMO-0001.
 create function festival.is_valid_card_id(p_card_id text) returns boolean
 language sql immutable parallel safe
@@ -510,8 +521,12 @@ grant execute on function public.sp_process_bar_order(text, jsonb, text, text, u
 -- Checkpoint recharges
 -- ---------------------------------------------------------------------------------------------
 
-/** limit_exceeded, or null when the recharge respects the per-recharge and card maximum limits. */
-create function festival.recharge_limit_error(p_amount_cents bigint, p_balance_cents bigint) returns jsonb
+/**
+ * limit_exceeded, or null when the recharge respects the per-recharge limits (on the amount paid)
+ * and the card maximum (on everything credited: amount plus bonus).
+ */
+create function festival.recharge_limit_error(p_amount_cents bigint, p_balance_cents bigint, p_bonus_cents bigint default 0)
+returns jsonb
 language plpgsql stable
 set search_path = ''
 as $$
@@ -524,24 +539,49 @@ begin
       jsonb_build_object('amount_cents', p_amount_cents, 'recharge_min_cents', v_settings.recharge_min_cents,
         'recharge_max_cents', v_settings.recharge_max_cents));
   end if;
-  if p_balance_cents + p_amount_cents > v_settings.card_balance_max_cents then
+  if p_balance_cents + p_amount_cents + p_bonus_cents > v_settings.card_balance_max_cents then
     return ledger.error_result('limit_exceeded', 'the card would hold more than the maximum balance',
-      jsonb_build_object('amount_cents', p_amount_cents, 'balance_cents', p_balance_cents,
+      jsonb_build_object('amount_cents', p_amount_cents, 'bonus_cents', p_bonus_cents, 'balance_cents', p_balance_cents,
         'card_balance_max_cents', v_settings.card_balance_max_cents));
   end if;
   return null;
 end;
 $$;
 
+/** The active package with this code, or null. */
+create function festival.active_package(p_package_code text) returns festival.topup_packages
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_package festival.topup_packages;
+begin
+  select * into v_package from festival.topup_packages where code = p_package_code and active;
+  return v_package;
+end;
+$$;
+
+create function festival.unknown_package_error(p_package_code text) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select ledger.error_result('unknown_package', 'no active top-up package with this code',
+    jsonb_build_object('package_code', p_package_code))
+$$;
+
 create function festival.execute_checkpoint_recharge(
   p_card_id text, p_amount_cents bigint, p_payment_method text, p_checkpoint_id text, p_staff_user_id uuid,
-  p_client_request_id text)
+  p_client_request_id text, p_package_code text)
 returns jsonb
 language plpgsql
 set search_path = ''
 as $$
 declare
   v_card festival.locked_card;
+  v_package festival.topup_packages;
+  v_amount_cents bigint := p_amount_cents;
+  v_bonus_cents bigint := 0;
+  v_legs ledger.transfer_leg[];
   v_limit_error jsonb;
   v_previous_recharge_id bigint;
   v_operation_id bigint;
@@ -562,6 +602,14 @@ begin
       'this client_request_id was used by an earlier recharge whose stored response has expired',
       jsonb_build_object('client_request_id', p_client_request_id, 'recharge_id', v_previous_recharge_id));
   end if;
+  if p_package_code is not null then
+    v_package := festival.active_package(p_package_code);
+    if v_package.code is null then
+      return festival.unknown_package_error(p_package_code);
+    end if;
+    v_amount_cents := v_package.price_cents;
+    v_bonus_cents := v_package.bonus_cents;
+  end if;
 
   v_card := festival.lock_card(p_card_id);
   if v_card is null then
@@ -570,24 +618,31 @@ begin
   if v_card.status <> 'active' then
     return ledger.error_result('card_blocked', 'the card is blocked', jsonb_build_object('card_id', p_card_id));
   end if;
-  v_limit_error := festival.recharge_limit_error(p_amount_cents, v_card.balance_cents);
+  v_limit_error := festival.recharge_limit_error(v_amount_cents, v_card.balance_cents, v_bonus_cents);
   if v_limit_error is not null then
     return v_limit_error;
   end if;
 
   v_operation_id := ledger.create_operation('checkpoint_recharge', p_client_request_id, p_staff_user_id,
-    jsonb_build_object('card_id', p_card_id, 'checkpoint_id', p_checkpoint_id, 'payment_method', p_payment_method));
+    jsonb_build_object('card_id', p_card_id, 'checkpoint_id', p_checkpoint_id, 'payment_method', p_payment_method,
+      'package_code', p_package_code));
   insert into festival.recharges (
-    operation_id, card_id, amount_cents, payment_method, staff_user_id, checkpoint_id, client_request_id)
+    operation_id, card_id, amount_cents, bonus_cents, package_code, payment_method, staff_user_id, checkpoint_id,
+    client_request_id)
   values (
-    v_operation_id, p_card_id, p_amount_cents, p_payment_method, p_staff_user_id, p_checkpoint_id,
-    p_client_request_id)
+    v_operation_id, p_card_id, v_amount_cents, v_bonus_cents, p_package_code, p_payment_method, p_staff_user_id,
+    p_checkpoint_id, p_client_request_id)
   returning id into v_recharge_id;
-  -- Cash goes into the checkpoint's drawer, card payments into its terminal account.
+  -- Cash goes into the checkpoint's drawer, card payments into its terminal account; a package's
+  -- bonus comes from promotions.
   v_source_account := ledger.system_account_id(
     case p_payment_method when 'cash' then 'cash_drawer' else 'card_terminal' end, p_checkpoint_id, p_card_id);
-  perform ledger.post_transfers(v_operation_id,
-    array[(v_source_account, v_card.account_id, p_amount_cents)::ledger.transfer_leg]);
+  v_legs := array[(v_source_account, v_card.account_id, v_amount_cents)::ledger.transfer_leg];
+  if v_bonus_cents > 0 then
+    v_legs := v_legs || (ledger.system_account_id('promotions', 'festival', p_card_id), v_card.account_id,
+      v_bonus_cents)::ledger.transfer_leg;
+  end if;
+  perform ledger.post_transfers(v_operation_id, v_legs);
 
   return jsonb_build_object(
     'ok', true,
@@ -597,20 +652,27 @@ begin
     'card_id', p_card_id,
     'checkpoint_id', p_checkpoint_id,
     'payment_method', p_payment_method,
-    'amount_cents', p_amount_cents,
+    'package_code', p_package_code,
+    'amount_cents', v_amount_cents,
+    'bonus_cents', v_bonus_cents,
     'previous_balance_cents', v_card.balance_cents,
-    'new_balance_cents', v_card.balance_cents + p_amount_cents);
+    'new_balance_cents', v_card.balance_cents + v_amount_cents + v_bonus_cents);
 end;
 $$;
 
-/** Tops up a card at a checkpoint with cash or a card terminal. Idempotent on client_request_id. */
+/**
+ * Tops up a card at a checkpoint with cash or a card terminal, by amount or by top-up package
+ * (`package_code`: amount_cents must then be null; the card also receives the bonus).
+ * Idempotent on client_request_id.
+ */
 create function public.sp_process_checkpoint_recharge(
   card_id text,
   amount_cents bigint,
   payment_method text,
   checkpoint_id text,
   staff_user_id uuid,
-  client_request_id text)
+  client_request_id text,
+  package_code text default null)
 returns jsonb
 language plpgsql
 security definer
@@ -623,7 +685,12 @@ declare
 begin
   perform ledger.require_client_request_id(sp_process_checkpoint_recharge.client_request_id);
   perform festival.require_card_id(sp_process_checkpoint_recharge.card_id);
-  perform ledger.require(sp_process_checkpoint_recharge.amount_cents > 0, 'amount_cents', 'must be a positive integer');
+  perform ledger.require((sp_process_checkpoint_recharge.amount_cents is null) <> (sp_process_checkpoint_recharge.package_code is null),
+    'amount_cents', 'give either amount_cents or package_code');
+  perform ledger.require(coalesce(sp_process_checkpoint_recharge.amount_cents > 0, true), 'amount_cents',
+    'must be a positive integer');
+  perform ledger.require(coalesce(length(sp_process_checkpoint_recharge.package_code) between 1 and 32, true),
+    'package_code', 'must be 1 to 32 characters');
   perform ledger.require(sp_process_checkpoint_recharge.payment_method in ('cash', 'card'), 'payment_method',
     'must be "cash" or "card"');
   perform ledger.require(length(sp_process_checkpoint_recharge.checkpoint_id) between 1 and 64, 'checkpoint_id',
@@ -634,7 +701,8 @@ begin
     'amount_cents', sp_process_checkpoint_recharge.amount_cents,
     'payment_method', sp_process_checkpoint_recharge.payment_method,
     'checkpoint_id', sp_process_checkpoint_recharge.checkpoint_id,
-    'staff_user_id', sp_process_checkpoint_recharge.staff_user_id);
+    'staff_user_id', sp_process_checkpoint_recharge.staff_user_id,
+    'package_code', sp_process_checkpoint_recharge.package_code);
 
   select * into v_idempotency
   from ledger.idempotency_begin(sp_process_checkpoint_recharge.client_request_id, 'checkpoint_recharge', v_request);
@@ -642,7 +710,8 @@ begin
     v_result := festival.execute_checkpoint_recharge(
       sp_process_checkpoint_recharge.card_id, sp_process_checkpoint_recharge.amount_cents,
       sp_process_checkpoint_recharge.payment_method, sp_process_checkpoint_recharge.checkpoint_id,
-      sp_process_checkpoint_recharge.staff_user_id, sp_process_checkpoint_recharge.client_request_id);
+      sp_process_checkpoint_recharge.staff_user_id, sp_process_checkpoint_recharge.client_request_id,
+      sp_process_checkpoint_recharge.package_code);
     perform ledger.idempotency_finish(sp_process_checkpoint_recharge.client_request_id, 'checkpoint_recharge',
       v_idempotency.fingerprint, v_result);
   else
@@ -656,9 +725,9 @@ begin
   return v_result;
 end;
 $$;
-revoke execute on function public.sp_process_checkpoint_recharge(text, bigint, text, text, uuid, text)
+revoke execute on function public.sp_process_checkpoint_recharge(text, bigint, text, text, uuid, text, text)
   from public, anon, authenticated;
-grant execute on function public.sp_process_checkpoint_recharge(text, bigint, text, text, uuid, text)
+grant execute on function public.sp_process_checkpoint_recharge(text, bigint, text, text, uuid, text, text)
   to service_role;
 
 -- ---------------------------------------------------------------------------------------------

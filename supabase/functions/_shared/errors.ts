@@ -41,6 +41,8 @@ export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
   unmatched_payment: 404,
   recharge_not_found: 404,
   payment_mismatch: 422,
+  invalid_signature: 400,
+  payment_provider_unavailable: 502,
 };
 
 /** HTTP status for a business error code; an unknown code is a gap in this table, hence 500. */

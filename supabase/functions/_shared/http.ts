@@ -53,6 +53,13 @@ export async function readJsonBody(request: Request, maxBytes = MAX_BODY_BYTES):
   }
 }
 
+/** The body exactly as sent (signatures are computed over the raw bytes), at most `maxBytes`. */
+export async function readRawBody(request: Request, maxBytes = MAX_BODY_BYTES): Promise<string> {
+  const declaredLength = Number(request.headers.get("content-length") ?? "0");
+  if (declaredLength > maxBytes) throw payloadTooLarge(maxBytes);
+  return await readTextWithLimit(request, maxBytes);
+}
+
 function payloadTooLarge(maxBytes: number): HttpError {
   return new HttpError("payload_too_large", `request body exceeds ${maxBytes} bytes`, { max_bytes: maxBytes });
 }

@@ -11,16 +11,21 @@ import {
   cardId,
   clientRequestId,
   identifier,
+  packageCode,
   parseInput,
   resolveClientRequestId,
 } from "../_shared/schemas.ts";
 
 export const CheckpointRechargeRequest = z.strictObject({
   card_id: cardId,
-  amount_cents: amountCents,
+  amount_cents: amountCents.optional(),
+  package_code: packageCode.optional(),
   payment_method: z.enum(["cash", "card"]),
   checkpoint_id: identifier,
   client_request_id: clientRequestId.optional(),
+}).refine((body) => (body.amount_cents === undefined) !== (body.package_code === undefined), {
+  message: "give either amount_cents or package_code",
+  path: ["amount_cents"],
 });
 
 export function createCheckpointRechargeHandler(call: RpcCall): (request: Request) => Promise<Response> {
@@ -29,7 +34,8 @@ export function createCheckpointRechargeHandler(call: RpcCall): (request: Reques
     const body = parseInput(CheckpointRechargeRequest, await readJsonBody(context.request));
     return respondWithProcedure(context, call, "sp_process_checkpoint_recharge", {
       card_id: body.card_id,
-      amount_cents: body.amount_cents,
+      amount_cents: body.amount_cents ?? null,
+      package_code: body.package_code ?? null,
       payment_method: body.payment_method,
       checkpoint_id: body.checkpoint_id,
       staff_user_id: staff.subject,
