@@ -317,27 +317,39 @@ declare
   v_total_cents bigint;
   v_items_fingerprint text := md5(p_items::text);
   v_previous_order festival.bar_orders;
+  v_staff_role text;
+  v_point_of_sale_active boolean;
+  v_late_replay_order_id bigint;
   v_window_seconds integer;
+  v_card_balance_max_cents bigint;
   v_operation_id bigint;
   v_order_id bigint;
   v_revenue_account bigint;
   v_deposits_account bigint;
   v_legs ledger.transfer_leg[] := array[]::ledger.transfer_leg[];
 begin
-  if coalesce(festival.staff_role(p_staff_user_id), '') not in ('bartender', 'admin') then
+  -- Who sells where, an earlier order under this key, and the settings: one round of lookups.
+  select
+    (select role from festival.staff where user_id = p_staff_user_id and active),
+    exists (select 1 from festival.points_of_sale where id = p_point_of_sale_id and active),
+    (select id from festival.bar_orders where client_request_id = p_client_request_id),
+    settings.duplicate_tap_window_seconds,
+    settings.card_balance_max_cents
+  into v_staff_role, v_point_of_sale_active, v_late_replay_order_id, v_window_seconds, v_card_balance_max_cents
+  from festival.settings as settings;
+  if coalesce(v_staff_role, '') not in ('bartender', 'admin') then
     return ledger.error_result('forbidden', 'only bartenders and admins can sell',
       jsonb_build_object('staff_user_id', p_staff_user_id));
   end if;
-  if not exists (select 1 from festival.points_of_sale where id = p_point_of_sale_id and active) then
+  if not v_point_of_sale_active then
     return ledger.error_result('point_of_sale_not_found', 'unknown or inactive point of sale',
       jsonb_build_object('point_of_sale_id', p_point_of_sale_id));
   end if;
   -- Idempotency keys expire after 24 hours; the order's own unique request id never does.
-  select * into v_previous_order from festival.bar_orders where client_request_id = p_client_request_id;
-  if found then
+  if v_late_replay_order_id is not null then
     return ledger.error_result('idempotency_key_reused',
       'this client_request_id was used by an earlier order whose stored response has expired',
-      jsonb_build_object('client_request_id', p_client_request_id, 'order_id', v_previous_order.id));
+      jsonb_build_object('client_request_id', p_client_request_id, 'order_id', v_late_replay_order_id));
   end if;
 
   v_card := festival.lock_card(p_card_id);
@@ -376,11 +388,10 @@ begin
     return ledger.error_result('price_mismatch', 'the menu changed: the order total differs from the expected total',
       jsonb_build_object('expected_total_cents', p_expected_total_cents, 'total_cents', v_total_cents));
   end if;
-  if v_total_cents < 0 and v_card.balance_cents - v_total_cents
-      > (select card_balance_max_cents from festival.settings) then
+  if v_total_cents < 0 and v_card.balance_cents - v_total_cents > v_card_balance_max_cents then
     return ledger.error_result('limit_exceeded', 'the returns would put the card above its maximum balance',
       jsonb_build_object('balance_cents', v_card.balance_cents, 'total_cents', v_total_cents,
-        'card_balance_max_cents', (select card_balance_max_cents from festival.settings)));
+        'card_balance_max_cents', v_card_balance_max_cents));
   end if;
   if v_total_cents > v_card.balance_cents then
     return ledger.error_result('insufficient_funds', 'the card balance does not cover the order',
@@ -389,7 +400,6 @@ begin
   end if;
 
   if not p_confirm_duplicate then
-    select duplicate_tap_window_seconds into v_window_seconds from festival.settings;
     select * into v_previous_order
     from festival.bar_orders
     where card_id = p_card_id and point_of_sale_id = p_point_of_sale_id
