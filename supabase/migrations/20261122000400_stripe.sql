@@ -147,6 +147,7 @@ declare
   v_card festival.locked_card;
   v_error jsonb;
   v_recharge festival.recharges;
+  v_idempotency record;
   v_result jsonb;
 begin
   perform ledger.require_client_request_id(sp_prepare_online_recharge.client_request_id);
@@ -159,6 +160,7 @@ begin
     'package_code', sp_prepare_online_recharge.package_code)::text, 'UTF8')), 'hex');
 
   perform pg_advisory_xact_lock(hashtextextended(sp_prepare_online_recharge.client_request_id, 20261122));
+  -- A recharge made under this key answers as it is now (with its session once attached).
   select * into v_existing from festival.recharges r where r.client_request_id = sp_prepare_online_recharge.client_request_id;
   if found then
     if v_existing.payment_method = 'stripe' and v_existing.request_fingerprint = v_fingerprint then
@@ -166,6 +168,12 @@ begin
     end if;
     return ledger.error_result('idempotency_key_reused', 'this client_request_id was already used for a different request',
       jsonb_build_object('client_request_id', sp_prepare_online_recharge.client_request_id));
+  end if;
+  -- Business failures are recorded outcomes too (DESIGN §5), under the ordinary idempotency keys.
+  select * into v_idempotency from ledger.idempotency_begin(sp_prepare_online_recharge.client_request_id,
+    'prepare_online_recharge', jsonb_build_object('request_fingerprint', v_fingerprint));
+  if v_idempotency.outcome <> 'new' then
+    return v_idempotency.response;
   end if;
 
   if sp_prepare_online_recharge.package_code is not null then
@@ -200,6 +208,8 @@ begin
     returning * into v_recharge;
     v_result := festival.pending_recharge_response(v_recharge);
   end if;
+  perform ledger.idempotency_finish(sp_prepare_online_recharge.client_request_id, 'prepare_online_recharge',
+    v_idempotency.fingerprint, v_result);
   perform festival.log_card_attempt('prepare_online_recharge', v_result, sp_prepare_online_recharge.client_request_id,
     null, sp_prepare_online_recharge.card_id, jsonb_build_object('package_code', sp_prepare_online_recharge.package_code));
   return v_result;
@@ -372,6 +382,7 @@ declare
   v_operation_id bigint;
   v_legs ledger.transfer_leg[];
   v_pending_refund festival.stripe_refunds_pending;
+  v_unmatched_attempts integer;
   v_result jsonb;
 begin
   -- One session is credited once. Events of one session queue here (also when no pending row
@@ -400,9 +411,13 @@ begin
     insert into festival.unmatched_payments (stripe_session_id, card_id, amount_cents, currency, last_event_id, metadata)
     values (p_session_id, p_card_id, p_amount_cents, upper(p_currency), p_event_id, coalesce(p_metadata, '{}'::jsonb))
     on conflict (stripe_session_id) do update
-      set attempts = festival.unmatched_payments.attempts + 1, last_event_id = excluded.last_event_id, last_seen_at = now();
-    perform ops.raise_alert('unmatched_payment', 'critical', p_card_id, p_session_id,
-      jsonb_build_object('amount_cents', p_amount_cents, 'currency', upper(p_currency)));
+      set attempts = festival.unmatched_payments.attempts + 1, last_event_id = excluded.last_event_id, last_seen_at = now()
+    returning attempts into v_unmatched_attempts;
+    -- One alert per payment: Stripe retries for days, the operator needs one row, not hundreds.
+    if v_unmatched_attempts = 1 then
+      perform ops.raise_alert('unmatched_payment', 'critical', p_card_id, p_session_id,
+        jsonb_build_object('amount_cents', p_amount_cents, 'currency', upper(p_currency)));
+    end if;
     return ledger.error_result('unmatched_payment', 'paid session for a card that does not exist; recorded, retry later',
       jsonb_build_object('card_id', p_card_id, 'stripe_session_id', p_session_id));
   end if;
