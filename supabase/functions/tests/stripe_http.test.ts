@@ -3,14 +3,11 @@
 // out of order and concurrently. Every test ends with ledger_reconcile() empty.
 
 import assert from "node:assert/strict";
-import Stripe from "stripe";
-import { call, connectDatabase, FUNCTIONS_URL } from "./http_helpers.ts";
+import { call, connectDatabase } from "./http_helpers.ts";
+import { deliver, event } from "./stripe_helpers.ts";
 import { ADMIN, BARTENDER, registerCards, rpcClient, uniqueKey } from "./festival_fixtures.ts";
 import { anonKey } from "../../../scripts/lib/tokens.ts";
 
-const WEBHOOK_SECRET = Deno.env.get("STRIPE_WEBHOOK_SECRET") ?? "whsec_local_development";
-const stripe = new Stripe("sk_test_unused", { httpClient: Stripe.createFetchHttpClient() });
-const cryptoProvider = Stripe.createSubtleCryptoProvider();
 const anon = await anonKey();
 
 interface Session {
@@ -20,32 +17,6 @@ interface Session {
   metadata: Record<string, string>;
   payment_intent: string | null;
   payment_status: string;
-}
-
-let eventCounter = 0;
-function event(type: string, object: object, id = `evt_test_${crypto.randomUUID()}_${eventCounter++}`) {
-  return { id, object: "event", api_version: "2025-01-01", created: Math.floor(Date.now() / 1000), livemode: false, type, data: { object } };
-}
-
-async function deliver(
-  stripeEvent: unknown,
-  options: { secret?: string; timestamp?: number; tamper?: (body: string) => string; signature?: string | null } = {},
-) {
-  const payload = JSON.stringify(stripeEvent);
-  const header = await stripe.webhooks.generateTestHeaderStringAsync({
-    payload,
-    secret: options.secret ?? WEBHOOK_SECRET,
-    timestamp: options.timestamp,
-    cryptoProvider,
-  });
-  const headers: Record<string, string> = { "content-type": "application/json" };
-  if (options.signature !== null) headers["stripe-signature"] = options.signature ?? header;
-  const response = await fetch(`${FUNCTIONS_URL}/stripe-webhook`, {
-    method: "POST",
-    headers,
-    body: options.tamper ? options.tamper(payload) : payload,
-  });
-  return { status: response.status, body: await response.json() };
 }
 
 async function checkout(cardId: string, purchase: { amount_cents?: number; package_code?: string }, key = uniqueKey("checkout")) {
