@@ -108,7 +108,18 @@ export function createRpc(databaseUrl: string, options: { maxConnections?: numbe
         return rows[0].result as ProcedureResult;
       } catch (error) {
         const code = (error as { code?: string }).code;
-        if (code && RETRYABLE_SQLSTATES.has(code) && attempt < MAX_ATTEMPTS) continue;
+        if (code && RETRYABLE_SQLSTATES.has(code) && attempt < MAX_ATTEMPTS) {
+          // Safe to retry (the whole call rolled back), but never silent: our lock order should
+          // make this impossible, so an operator must hear about it.
+          console.error(JSON.stringify({
+            level: "warn",
+            message: `retrying ${procedure} after SQLSTATE ${code}`,
+            attempt,
+            function: context.functionName,
+            request_id: context.requestId,
+          }));
+          continue;
+        }
         if (code && CONNECTION_ERROR_CODES.has(code)) throw new DatabaseUnavailableError((error as Error).message);
         if (error instanceof postgres.PostgresError) throw new ProcedureError(procedure, code, error.message);
         throw error;

@@ -18,6 +18,36 @@ const cardRechargeMetadata = z.object({
   bonus_cents: z.string().regex(/^\d{1,9}$/).optional(),
 }).passthrough();
 
+const creditPurchaseMetadata = z.object({
+  kind: z.literal("credit_purchase"),
+  user_id: z.uuid(),
+  credits: z.string().regex(/^[1-9]\d{0,11}$/),
+}).passthrough();
+
+/**
+ * What a subscription invoice says across Stripe API versions: the subscription and its metadata
+ * (user_id, optional plan_id) under `parent.subscription_details` (newer) or at the top (older),
+ * the plan from the metadata or the first line's price, the period from the first line.
+ */
+const subscriptionInvoice = z.object({
+  id: z.string(),
+  subscription: z.string().nullish(),
+  subscription_details: z.object({ metadata: z.record(z.string(), z.string()).nullish() }).nullish(),
+  parent: z.object({
+    subscription_details: z.object({
+      subscription: z.string().nullish(),
+      metadata: z.record(z.string(), z.string()).nullish(),
+    }).nullish(),
+  }).nullish(),
+  lines: z.object({
+    data: z.array(z.object({
+      period: z.object({ start: z.number().int(), end: z.number().int() }),
+      price: z.object({ id: z.string() }).nullish(),
+      pricing: z.object({ price_details: z.object({ price: z.string() }).nullish() }).nullish(),
+    }).passthrough()).min(1),
+  }),
+}).passthrough();
+
 function paymentIntentId(value: string | { id: string } | null | undefined): string | null {
   if (!value) return null;
   return typeof value === "string" ? value : value.id;
@@ -26,6 +56,109 @@ function paymentIntentId(value: string | { id: string } | null | undefined): str
 function acknowledge(context: RequestContext, eventId: string, outcome: string, result?: ProcedureResult): Response {
   context.outcome = outcome;
   return jsonResponse(200, { received: true, event_id: eventId, outcome, result }, context.requestId);
+}
+
+function outcomeOf(result: ProcedureResult): string {
+  return String(result.outcome ?? (result.error as { code?: string } | undefined)?.code ?? "unknown");
+}
+
+/** 404 makes Stripe retry: for a user, card or plan that does not exist yet. */
+function retryLater(context: RequestContext, eventId: string, result: ProcedureResult): Response {
+  context.outcome = outcomeOf(result);
+  return jsonResponse(404, { received: true, event_id: eventId, ...result }, context.requestId);
+}
+
+/**
+ * The purchase metadata our platform put on the session, or null (logged as an error: a retry
+ * cannot fix it, so Stripe is answered 200 and a person looks at the log).
+ */
+function parsedCreditPurchase(context: RequestContext, event: Stripe.Event, session: Stripe.Checkout.Session) {
+  const metadata = creditPurchaseMetadata.safeParse(session.metadata);
+  if (metadata.success) return metadata.data;
+  console.error(JSON.stringify({
+    level: "error",
+    function: context.functionName,
+    request_id: context.requestId,
+    message: `credit purchase session ${session.id} of event ${event.id} has invalid metadata`,
+  }));
+  return null;
+}
+
+async function creditPurchase(
+  context: RequestContext,
+  call: RpcCall,
+  event: Stripe.Event,
+  session: Stripe.Checkout.Session,
+  paymentStatus: string,
+): Promise<Response> {
+  const metadata = parsedCreditPurchase(context, event, session);
+  if (!metadata || session.amount_total === null || !session.currency) {
+    return acknowledge(context, event.id, "ignored_invalid_credit_purchase");
+  }
+  const result = await call("sp_process_credit_purchase", {
+    user_id: metadata.user_id,
+    credits: Number(metadata.credits),
+    amount_cents: session.amount_total,
+    currency: session.currency,
+    stripe_session_id: session.id,
+    stripe_event_id: event.id,
+    stripe_payment_intent_id: paymentIntentId(session.payment_intent),
+    payment_status: paymentStatus,
+  }, { functionName: context.functionName, requestId: context.requestId });
+  if ((result.error as { code?: string } | undefined)?.code === "unmatched_payment") {
+    return retryLater(context, event.id, result);
+  }
+  return acknowledge(context, event.id, outcomeOf(result), result);
+}
+
+async function closeCreditPurchase(
+  context: RequestContext,
+  call: RpcCall,
+  event: Stripe.Event,
+  session: Stripe.Checkout.Session,
+  status: "failed" | "cancelled",
+): Promise<Response> {
+  const metadata = parsedCreditPurchase(context, event, session);
+  if (!metadata) return acknowledge(context, event.id, "ignored_invalid_credit_purchase");
+  const result = await call("sp_close_credit_purchase", {
+    stripe_session_id: session.id,
+    user_id: metadata.user_id,
+    credits: Number(metadata.credits),
+    amount_cents: session.amount_total ?? 0,
+    currency: session.currency ?? "",
+    status,
+    stripe_event_id: event.id,
+  }, { functionName: context.functionName, requestId: context.requestId });
+  return acknowledge(context, event.id, outcomeOf(result), result);
+}
+
+async function allocateSubscriptionPeriod(context: RequestContext, call: RpcCall, event: Stripe.Event): Promise<Response> {
+  const invoice = subscriptionInvoice.safeParse(event.data.object);
+  if (!invoice.success) return acknowledge(context, event.id, "ignored_not_a_subscription_invoice");
+  const details = invoice.data.parent?.subscription_details;
+  const subscriptionId = details?.subscription ?? invoice.data.subscription;
+  const metadata = details?.metadata ?? invoice.data.subscription_details?.metadata ?? {};
+  const line = invoice.data.lines.data[0];
+  const planId = metadata.plan_id ?? line.pricing?.price_details?.price ?? line.price?.id;
+  const userId = z.uuid().safeParse(metadata.user_id);
+  if (!subscriptionId || !planId || !userId.success) {
+    return acknowledge(context, event.id, "ignored_not_a_credit_subscription");
+  }
+  const result = await call("sp_process_subscription_invoice", {
+    user_id: userId.data,
+    plan_id: planId,
+    subscription_id: subscriptionId,
+    period_start: new Date(line.period.start * 1000).toISOString(),
+    period_end: new Date(line.period.end * 1000).toISOString(),
+    stripe_event_id: event.id,
+  }, { functionName: context.functionName, requestId: context.requestId });
+  const code = (result.error as { code?: string } | undefined)?.code;
+  if (code === "unmatched_payment" || code === "plan_not_found") return retryLater(context, event.id, result);
+  return acknowledge(context, event.id, outcomeOf(result), result);
+}
+
+function isCreditPurchase(session: Stripe.Checkout.Session): boolean {
+  return session.metadata?.kind === "credit_purchase";
 }
 
 async function creditPaidSession(
@@ -50,11 +183,10 @@ async function creditPaidSession(
     metadata: session.metadata ?? {},
   }, { functionName: context.functionName, requestId: context.requestId });
   if ((result.error as { code?: string } | undefined)?.code === "unmatched_payment") {
-    // Recorded durably; 404 makes Stripe retry, and the retry applies it once the card exists.
-    context.outcome = "unmatched_payment";
-    return jsonResponse(404, { received: true, event_id: event.id, ...result }, context.requestId);
+    // Recorded durably; the retry applies it once the card exists.
+    return retryLater(context, event.id, result);
   }
-  return acknowledge(context, event.id, String(result.outcome ?? (result.error as { code: string }).code), result);
+  return acknowledge(context, event.id, outcomeOf(result), result);
 }
 
 async function dispatch(context: RequestContext, call: RpcCall, event: Stripe.Event): Promise<Response> {
@@ -62,13 +194,28 @@ async function dispatch(context: RequestContext, call: RpcCall, event: Stripe.Ev
   switch (event.type) {
     case "checkout.session.completed": {
       const session = event.data.object;
+      // Credit purchases record an unpaid session as pending; card top-ups have their pending row.
+      if (isCreditPurchase(session)) return creditPurchase(context, call, event, session, session.payment_status);
       // Delayed payment methods complete unpaid: wait for async_payment_succeeded or _failed.
       if (session.payment_status !== "paid") return acknowledge(context, event.id, "waiting_for_payment");
       return creditPaidSession(context, call, event, session);
     }
-    case "checkout.session.async_payment_succeeded":
-      return creditPaidSession(context, call, event, event.data.object);
+    case "checkout.session.async_payment_succeeded": {
+      const session = event.data.object;
+      if (isCreditPurchase(session)) return creditPurchase(context, call, event, session, "paid");
+      return creditPaidSession(context, call, event, session);
+    }
+    case "checkout.session.expired": {
+      const session = event.data.object;
+      if (isCreditPurchase(session)) return closeCreditPurchase(context, call, event, session, "cancelled");
+      return acknowledge(context, event.id, "ignored_event_type");
+    }
+    case "invoice.payment_succeeded":
+      return allocateSubscriptionPeriod(context, call, event);
     case "checkout.session.async_payment_failed": {
+      if (isCreditPurchase(event.data.object)) {
+        return closeCreditPurchase(context, call, event, event.data.object, "failed");
+      }
       const result = await call("sp_fail_stripe_recharge", {
         stripe_session_id: event.data.object.id,
         stripe_event_id: event.id,

@@ -1,0 +1,122 @@
+// POST /functions/v1/credits-escrow: credits held in escrow for a marketplace order. `action`
+// selects the operation, each idempotent on client_request_id:
+//   lock    the client (token subject) locks credits for an order
+//   accept  a provider (token subject) accepts the order; the client can no longer unlock it
+//   unlock  the credits go back to the client: by the client before acceptance, by the provider,
+//           or by a platform admin (the procedure decides)
+//   payout  the credits go to the provider: by a platform admin, or by the service itself with the
+//           service_role key (no user)
+
+import { z } from "zod";
+import { authenticate, type Caller } from "../_shared/auth.ts";
+import { HttpError } from "../_shared/errors.ts";
+import { readJsonBody, serveFunction } from "../_shared/http.ts";
+import { respondWithProcedure } from "../_shared/procedure.ts";
+import { rpc, type RpcCall } from "../_shared/rpc.ts";
+import {
+  clientRequestId,
+  parseInput,
+  resolveClientRequestId,
+} from "../_shared/schemas.ts";
+
+/** More credits than any order could plausibly hold is a bug or an attack (400). */
+export const MAX_LOCK_CREDITS = 1_000_000;
+
+const orderId = z.string().regex(
+  /^[\x21-\x7e]{1,255}$/,
+  "1 to 255 visible ASCII characters",
+);
+
+export const CreditsEscrowRequest = z.discriminatedUnion("action", [
+  z.strictObject({
+    action: z.literal("lock"),
+    order_id: orderId,
+    amount: z.number().int().min(1).max(MAX_LOCK_CREDITS),
+    client_request_id: clientRequestId.optional(),
+  }),
+  z.strictObject({
+    action: z.literal("accept"),
+    order_id: orderId,
+    client_request_id: clientRequestId.optional(),
+  }),
+  z.strictObject({
+    action: z.literal("unlock"),
+    order_id: orderId,
+    client_request_id: clientRequestId.optional(),
+  }),
+  z.strictObject({
+    action: z.literal("payout"),
+    order_id: orderId,
+    provider_id: z.guid(),
+    client_request_id: clientRequestId.optional(),
+  }),
+]);
+
+const USER_ID =
+  /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** The signed-in user behind the token (as authenticateUser), or 403. */
+function userSubject(caller: Caller): string {
+  if (
+    caller.role !== "authenticated" || !caller.subject ||
+    !USER_ID.test(caller.subject)
+  ) {
+    throw new HttpError(
+      "forbidden",
+      "this action needs a signed-in user's token",
+    );
+  }
+  return caller.subject;
+}
+
+export function createCreditsEscrowHandler(
+  call: RpcCall,
+): (request: Request) => Promise<Response> {
+  return serveFunction(
+    { name: "credits-escrow", methods: ["POST"] },
+    async (context) => {
+      const caller = await authenticate(context.request);
+      const body = parseInput(
+        CreditsEscrowRequest,
+        await readJsonBody(context.request),
+      );
+      const client_request_id = resolveClientRequestId(
+        context.request,
+        body.client_request_id,
+      );
+      switch (body.action) {
+        case "lock":
+          return respondWithProcedure(context, call, "lock_credits", {
+            user_id: userSubject(caller),
+            amount: body.amount,
+            order_id: body.order_id,
+            client_request_id,
+          });
+        case "accept":
+          return respondWithProcedure(context, call, "accept_credit_order", {
+            order_id: body.order_id,
+            provider_id: userSubject(caller),
+            client_request_id,
+          });
+        case "unlock":
+          return respondWithProcedure(context, call, "unlock_credits", {
+            order_id: body.order_id,
+            actor_user_id: userSubject(caller),
+            client_request_id,
+          });
+        case "payout":
+          return respondWithProcedure(context, call, "payout_to_provider", {
+            order_id: body.order_id,
+            provider_id: body.provider_id,
+            client_request_id,
+            // The service itself (service_role key, no user) acts as nobody; a user must be an admin.
+            actor_user_id: caller.role === "service_role"
+              ? null
+              : userSubject(caller),
+          });
+      }
+    },
+  );
+}
+
+export const handler = createCreditsEscrowHandler(rpc);
