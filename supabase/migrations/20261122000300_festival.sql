@@ -93,6 +93,23 @@ alter table festival.cards enable row level security;
 -- staff, product) are checked by sp_process_bar_order and the referenced rows can never be deleted
 -- (triggers below), so they carry no foreign keys: each FK check costs a query and a share lock
 -- on a row every sale references (the bar, the bartender, the beer), which measured 40% of a sale.
+/**
+ * Every block and unblock, kept for good under its request id: a retry that arrives after the
+ * idempotency key expired must not run again (an old unblock would reactivate a card blocked
+ * since, for a dispute say).
+ */
+create table festival.card_status_changes (
+  id bigint generated always as identity primary key,
+  card_id text not null references festival.cards (id),
+  status text not null check (status in ('active', 'blocked')),
+  previous_status text not null check (previous_status in ('active', 'blocked')),
+  reason text,
+  staff_user_id uuid not null references festival.staff (user_id),
+  client_request_id text not null unique check (length(client_request_id) between 1 and 255),
+  created_at timestamptz not null default now()
+);
+alter table festival.card_status_changes enable row level security;
+
 create table festival.bar_orders (
   id bigint generated always as identity primary key,
   operation_id bigint not null unique,
@@ -831,7 +848,8 @@ $$;
 revoke execute on function public.sp_admin_register_cards(text[], uuid, text, text) from public, anon, authenticated;
 grant execute on function public.sp_admin_register_cards(text[], uuid, text, text) to service_role;
 
-create function festival.execute_set_card_status(p_card_id text, p_status text, p_reason text, p_staff_user_id uuid)
+create function festival.execute_set_card_status(
+  p_card_id text, p_status text, p_reason text, p_staff_user_id uuid, p_client_request_id text)
 returns jsonb
 language plpgsql
 set search_path = ''
@@ -843,11 +861,18 @@ begin
     return ledger.error_result('forbidden', 'only admins can block or unblock cards',
       jsonb_build_object('staff_user_id', p_staff_user_id));
   end if;
+  if exists (select 1 from festival.card_status_changes where client_request_id = p_client_request_id) then
+    return ledger.error_result('idempotency_key_reused',
+      'this client_request_id was used by an earlier block or unblock whose stored response has expired',
+      jsonb_build_object('client_request_id', p_client_request_id));
+  end if;
   -- Same lock as sales and recharges: once this commits, no sale can use the old status.
   v_card := festival.lock_card(p_card_id);
   if v_card is null then
     return ledger.error_result('card_not_found', 'no card with this id', jsonb_build_object('card_id', p_card_id));
   end if;
+  insert into festival.card_status_changes (card_id, status, previous_status, reason, staff_user_id, client_request_id)
+  values (p_card_id, p_status, v_card.status, p_reason, p_staff_user_id, p_client_request_id);
   update festival.cards
   set status = p_status,
     blocked_reason = case when p_status = 'blocked' then p_reason end,
@@ -877,7 +902,7 @@ begin
   v_request := jsonb_build_object('card_id', p_card_id, 'staff_user_id', p_staff_user_id, 'reason', p_reason);
   select * into v_idempotency from ledger.idempotency_begin(p_client_request_id, v_operation, v_request);
   if v_idempotency.outcome = 'new' then
-    v_result := festival.execute_set_card_status(p_card_id, p_status, p_reason, p_staff_user_id);
+    v_result := festival.execute_set_card_status(p_card_id, p_status, p_reason, p_staff_user_id, p_client_request_id);
     perform ledger.idempotency_finish(p_client_request_id, v_operation, v_idempotency.fingerprint, v_result);
   else
     v_result := v_idempotency.response;

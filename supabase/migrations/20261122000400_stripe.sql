@@ -61,6 +61,19 @@ create table festival.stripe_refunds_pending (
 );
 alter table festival.stripe_refunds_pending enable row level security;
 
+/**
+ * Disputes that arrived before their payment was credited (Stripe does not promise order): the
+ * card is blocked the moment the credit lands.
+ */
+create table festival.stripe_disputes_pending (
+  stripe_payment_intent_id text primary key,
+  stripe_dispute_id text not null,
+  amount_cents bigint not null,
+  last_event_id text not null,
+  created_at timestamptz not null default now()
+);
+alter table festival.stripe_disputes_pending enable row level security;
+
 /** Money a card holder owes: a refund or dispute the card balance could not cover. */
 create table festival.receivables (
   id bigint generated always as identity primary key,
@@ -382,6 +395,9 @@ declare
   v_operation_id bigint;
   v_legs ledger.transfer_leg[];
   v_pending_refund festival.stripe_refunds_pending;
+  v_pending_dispute festival.stripe_disputes_pending;
+  v_package festival.topup_packages;
+  v_expected_bonus_cents bigint;
   v_unmatched_attempts integer;
   v_result jsonb;
 begin
@@ -422,10 +438,17 @@ begin
       jsonb_build_object('card_id', p_card_id, 'stripe_session_id', p_session_id));
   end if;
 
+  -- Without a pending recharge (a session created outside create-checkout-session) the bonus can
+  -- only be the named package's, for that package's price: never what metadata claims.
+  if v_recharge.id is null then
+    v_package := festival.active_package(p_metadata ->> 'package_code');
+    v_expected_bonus_cents := case when v_package.price_cents = p_amount_cents then v_package.bonus_cents else 0 end;
+  end if;
   -- What Stripe says was paid must be what we asked for; otherwise an operator decides.
   if upper(p_currency) <> v_currency
       or (v_recharge.id is not null and (v_recharge.amount_cents <> p_amount_cents
-        or v_recharge.bonus_cents <> p_bonus_cents or v_recharge.card_id <> p_card_id)) then
+        or v_recharge.bonus_cents <> p_bonus_cents or v_recharge.card_id <> p_card_id))
+      or (v_recharge.id is null and p_bonus_cents <> v_expected_bonus_cents) then
     perform ops.raise_alert('payment_mismatch', 'critical', p_card_id, p_session_id,
       jsonb_build_object('paid_cents', p_amount_cents, 'paid_currency', upper(p_currency), 'bonus_cents', p_bonus_cents,
         'expected_cents', v_recharge.amount_cents, 'expected_bonus_cents', v_recharge.bonus_cents,
@@ -469,7 +492,7 @@ begin
     'previous_balance_cents', v_card.balance_cents,
     'new_balance_cents', v_card.balance_cents + p_amount_cents + p_bonus_cents);
 
-  -- A refund that arrived before this credit is applied now.
+  -- A refund or a dispute that arrived before this credit is applied now.
   if p_payment_intent_id is not null then
     delete from festival.stripe_refunds_pending where stripe_payment_intent_id = p_payment_intent_id
     returning * into v_pending_refund;
@@ -477,6 +500,13 @@ begin
       v_result := v_result || jsonb_build_object('refund',
         festival.apply_stripe_refund_total(v_recharge.id, v_pending_refund.amount_refunded_cents,
           v_pending_refund.last_event_id, null));
+    end if;
+    delete from festival.stripe_disputes_pending where stripe_payment_intent_id = p_payment_intent_id
+    returning * into v_pending_dispute;
+    if v_pending_dispute.stripe_payment_intent_id is not null then
+      perform festival.block_card_for_dispute(p_card_id, v_recharge.id, v_pending_dispute.stripe_dispute_id,
+        v_pending_dispute.amount_cents, null);
+      v_result := v_result || jsonb_build_object('card_blocked_for_dispute', v_pending_dispute.stripe_dispute_id);
     end if;
   end if;
   return v_result;
@@ -631,7 +661,27 @@ $$;
 revoke execute on function public.sp_process_stripe_refund(text, text, bigint, text, text) from public, anon, authenticated;
 grant execute on function public.sp_process_stripe_refund(text, text, bigint, text, text) to service_role;
 
-/** charge.dispute.created: the card of the disputed payment is blocked and an operator alerted. */
+create function festival.block_card_for_dispute(
+  p_card_id text, p_recharge_id bigint, p_dispute_id text, p_amount_cents bigint, p_charge_id text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  -- Same lock as sales: once this commits, the card sells nothing more.
+  perform festival.lock_card(p_card_id);
+  update festival.cards
+  set status = 'blocked', blocked_reason = 'stripe dispute ' || p_dispute_id, updated_at = now()
+  where id = p_card_id;
+  perform ops.raise_alert('dispute', 'critical', p_card_id, p_dispute_id,
+    jsonb_build_object('recharge_id', p_recharge_id, 'amount_cents', p_amount_cents, 'stripe_charge_id', p_charge_id));
+end;
+$$;
+
+/**
+ * charge.dispute.created: the card of the disputed payment is blocked and an operator alerted. A
+ * dispute that arrives before its payment is credited is parked and applied with the credit.
+ */
 create function public.sp_process_stripe_dispute(
   stripe_payment_intent_id text,
   stripe_charge_id text,
@@ -649,24 +699,27 @@ declare
 begin
   perform ledger.require(length(sp_process_stripe_dispute.stripe_dispute_id) between 1 and 255, 'stripe_dispute_id',
     'must be 1 to 255 characters');
+  perform ledger.require(length(sp_process_stripe_dispute.stripe_payment_intent_id) between 1 and 255,
+    'stripe_payment_intent_id', 'must be 1 to 255 characters');
   v_result := festival.stripe_event_replay(sp_process_stripe_dispute.stripe_event_id);
   if v_result is null then
+    -- Serialized with the credit of the same payment (same key as credits and refunds).
+    perform pg_advisory_xact_lock(hashtextextended('stripe-intent:' || sp_process_stripe_dispute.stripe_payment_intent_id, 20261122));
     select * into v_recharge from festival.recharges r
-    where r.stripe_payment_intent_id = sp_process_stripe_dispute.stripe_payment_intent_id;
+    where r.stripe_payment_intent_id = sp_process_stripe_dispute.stripe_payment_intent_id and r.status = 'completed';
     if v_recharge.id is null then
+      insert into festival.stripe_disputes_pending (stripe_payment_intent_id, stripe_dispute_id, amount_cents, last_event_id)
+      values (sp_process_stripe_dispute.stripe_payment_intent_id, sp_process_stripe_dispute.stripe_dispute_id,
+        coalesce(sp_process_stripe_dispute.amount_cents, 0), sp_process_stripe_dispute.stripe_event_id)
+      on conflict on constraint stripe_disputes_pending_pkey do nothing;
       perform ops.raise_alert('dispute', 'critical', null, sp_process_stripe_dispute.stripe_dispute_id,
         jsonb_build_object('stripe_payment_intent_id', sp_process_stripe_dispute.stripe_payment_intent_id,
-          'amount_cents', sp_process_stripe_dispute.amount_cents, 'note', 'no recharge for this payment'));
+          'amount_cents', sp_process_stripe_dispute.amount_cents,
+          'note', 'no credited recharge for this payment yet; the card is blocked when it is credited'));
       v_result := jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'dispute_unmatched');
     else
-      -- Same lock as sales: once this commits, the card sells nothing more.
-      perform festival.lock_card(v_recharge.card_id);
-      update festival.cards
-      set status = 'blocked', blocked_reason = 'stripe dispute ' || sp_process_stripe_dispute.stripe_dispute_id, updated_at = now()
-      where id = v_recharge.card_id;
-      perform ops.raise_alert('dispute', 'critical', v_recharge.card_id, sp_process_stripe_dispute.stripe_dispute_id,
-        jsonb_build_object('recharge_id', v_recharge.id, 'amount_cents', sp_process_stripe_dispute.amount_cents,
-          'stripe_charge_id', sp_process_stripe_dispute.stripe_charge_id));
+      perform festival.block_card_for_dispute(v_recharge.card_id, v_recharge.id, sp_process_stripe_dispute.stripe_dispute_id,
+        sp_process_stripe_dispute.amount_cents, sp_process_stripe_dispute.stripe_charge_id);
       v_result := jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'card_blocked_for_dispute',
         'card_id', v_recharge.card_id, 'recharge_id', v_recharge.id);
     end if;

@@ -51,9 +51,10 @@ export async function verifyToken(token: string): Promise<Caller> {
   const source = keySource();
   try {
     const { payload } = source.kind === "secret"
-      // Only HS256: a token saying `alg: none` or another algorithm is refused.
-      ? await jwtVerify(token, source.key, { algorithms: ["HS256"] })
-      : await jwtVerify(token, source.keySet, { algorithms: ["RS256", "ES256"] });
+      // Only HS256: a token saying `alg: none` or another algorithm is refused. A token without
+      // an expiry would be valid forever: refused too.
+      ? await jwtVerify(token, source.key, { algorithms: ["HS256"], requiredClaims: ["exp"] })
+      : await jwtVerify(token, source.keySet, { algorithms: ["RS256", "ES256"], requiredClaims: ["exp"] });
     const role = typeof payload.role === "string" ? payload.role : "";
     if (!role) throw new Error("token has no role claim");
     return { subject: typeof payload.sub === "string" ? payload.sub : null, role, claims: payload };

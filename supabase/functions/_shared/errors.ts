@@ -90,6 +90,8 @@ const INVALID_ARGUMENT_SQLSTATES = new Set([
   "22004", // null_value_not_allowed
   "22001", // string_data_right_truncation
   "2201G", // invalid_argument_for_width_bucket_function and friends
+  "22021", // character_not_in_repertoire: a NUL byte in text
+  "22P05", // untranslatable_character
 ]);
 
 export function isInvalidArgumentSqlState(sqlState: string | undefined): boolean {

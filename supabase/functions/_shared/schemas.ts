@@ -20,6 +20,10 @@ export const identifier = z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, "1 to 64
 export const clientRequestId = z.string().regex(/^[\x21-\x7e]{1,255}$/, "1 to 255 visible ASCII characters");
 /** Top-up package codes (MINI, MIDI, …); an unknown code is the database's `unknown_package`. */
 export const packageCode = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/, "1 to 32 letters, digits, '_' or '-'");
+/** Free text (labels, reasons): no control characters, which Postgres text refuses (NUL) or logs mangle. */
+export function freeText(maxLength: number) {
+  return z.string().min(1).max(maxLength).regex(/^[^\u0000-\u001f\u007f]+$/, "no control characters");
+}
 export const amountCents = z.number().int().positive().max(MAX_AMOUNT_CENTS);
 
 export interface FieldProblem {

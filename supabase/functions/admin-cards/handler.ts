@@ -6,19 +6,19 @@ import { authenticateUser } from "../_shared/auth.ts";
 import { readJsonBody, serveFunction } from "../_shared/http.ts";
 import { respondWithProcedure } from "../_shared/procedure.ts";
 import { rpc, type RpcCall } from "../_shared/rpc.ts";
-import { cardId, clientRequestId, parseInput, resolveClientRequestId } from "../_shared/schemas.ts";
+import { cardId, clientRequestId, freeText, parseInput, resolveClientRequestId } from "../_shared/schemas.ts";
 
 export const AdminCardsRequest = z.discriminatedUnion("action", [
   z.strictObject({
     action: z.literal("register"),
     card_ids: z.array(cardId).min(1).max(1000),
-    holder_label: z.string().min(1).max(100).optional(),
+    holder_label: freeText(100).optional(),
     client_request_id: clientRequestId.optional(),
   }),
   z.strictObject({
     action: z.literal("block"),
     card_id: cardId,
-    reason: z.string().min(1).max(500).optional(),
+    reason: freeText(500).optional(),
     client_request_id: clientRequestId.optional(),
   }),
   z.strictObject({

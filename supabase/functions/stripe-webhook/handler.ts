@@ -12,8 +12,10 @@ import { type Stripe, verifyWebhookEvent, webhookSecret } from "../_shared/strip
 // Stripe's events are small; a generous bound still keeps a flood out.
 const MAX_EVENT_BYTES = 256 * 1024;
 
+// Only sessions made by create-checkout-session (or by another flow of ours that says so) top up a
+// card: other integrations on the same Stripe account can have a card_id in their metadata too.
 const cardRechargeMetadata = z.object({
-  kind: z.literal("card_recharge").optional(),
+  kind: z.literal("card_recharge"),
   card_id: z.string().min(1).max(64),
   bonus_cents: z.string().regex(/^\d{1,9}$/).optional(),
 }).passthrough();

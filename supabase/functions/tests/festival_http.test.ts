@@ -308,6 +308,8 @@ const badInputs: BadInput[] = [
   { name: "admin-cards unknown action", path: "admin-cards", body: { action: "delete", card_id: fundedCard, client_request_id: "x" }, token: tokens.admin, status: 400 },
   { name: "admin-cards empty batch", path: "admin-cards", body: { action: "register", card_ids: [], client_request_id: "x" }, token: tokens.admin, status: 400 },
   { name: "admin-cards batch with a bad id", path: "admin-cards", body: { action: "register", card_ids: ["OK-1", "bad id"], client_request_id: "x" }, token: tokens.admin, status: 400 },
+  { name: "admin-cards holder label with a NUL byte", path: "admin-cards", body: { action: "register", card_ids: ["NUL-1"], holder_label: "a\u0000b", client_request_id: uniqueKey("nul") }, token: tokens.admin, status: 400 },
+  { name: "admin-cards block reason with a control character", path: "admin-cards", body: { action: "block", card_id: fundedCard, reason: "lost\u0007", client_request_id: uniqueKey("ctl") }, token: tokens.admin, status: 400 },
   { name: "admin-cards block by a bartender", path: "admin-cards", body: { action: "block", card_id: fundedCard, client_request_id: uniqueKey("blk") }, token: tokens.bartender, status: 403 },
 ];
 

@@ -66,6 +66,13 @@ Deno.test("auth: expired, wrongly signed, alg none and garbage tokens are invali
     }
   }));
 
+Deno.test("auth: a token without an expiry is refused", () =>
+  withSecret(async () => {
+    const noExpiry = await new SignJWT({ sub: USER, role: "authenticated" }).setProtectedHeader({ alg: "HS256" })
+      .sign(new TextEncoder().encode(SECRET));
+    await rejectsWith(authenticate(request(`Bearer ${noExpiry}`)), "invalid_token");
+  }));
+
 Deno.test("auth: a token without role claim is refused", () =>
   withSecret(async () => {
     await rejectsWith(authenticate(request(`Bearer ${await token({ sub: USER })}`)), "invalid_token");

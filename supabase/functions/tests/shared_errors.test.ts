@@ -41,6 +41,7 @@ Deno.test("errors: HttpError carries the mapped status and details", () => {
 Deno.test("errors: invalid-argument SQLSTATEs are recognised, others are not", () => {
   assert.ok(isInvalidArgumentSqlState("22023"));
   assert.ok(isInvalidArgumentSqlState("22P02"));
+  assert.ok(isInvalidArgumentSqlState("22021"), "a NUL byte in text is the caller's input");
   assert.ok(!isInvalidArgumentSqlState("23505"));
   assert.ok(!isInvalidArgumentSqlState(undefined));
 });

@@ -3,7 +3,7 @@
 -- push a card above its maximum balance.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(13);
+select plan(16);
 
 select throws_ok($$ delete from festival.cards where id = 'DEMO-0001' $$, '42501', null,
   'cards are never deleted');
@@ -37,6 +37,15 @@ select is(
   'limit_exceeded', 'a return that would put the card above 50000 cents is limit_exceeded');
 select is((select a.balance_cents from festival.cards c join ledger.accounts a on a.id = c.account_id where c.id = 'DEMO-0091'),
   50000::bigint, 'the card stays at its maximum');
+
+-- A block or unblock retried after its idempotency key expired does not run again.
+select ok((public.sp_admin_unblock_card('DEMO-0092', '00000000-0000-4000-8000-00000000a001', 'integrity-old-unblock')
+  ->> 'ok')::boolean, 'an unblock under a key');
+select public.sp_admin_block_card('DEMO-0092', '00000000-0000-4000-8000-00000000a001', 'integrity-dispute-block', 'dispute');
+delete from ledger.idempotency_keys where key = 'integrity-old-unblock';
+select is(public.sp_admin_unblock_card('DEMO-0092', '00000000-0000-4000-8000-00000000a001', 'integrity-old-unblock')
+  #>> '{error,code}', 'idempotency_key_reused', 'the old unblock, retried after its key expired, is refused');
+select is((select status from festival.cards where id = 'DEMO-0092'), 'blocked', 'the card stays blocked');
 
 select is_empty($$ select * from public.ledger_reconcile() $$, 'ledger reconciles before tampering');
 

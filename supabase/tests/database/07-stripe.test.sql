@@ -4,7 +4,7 @@
 -- invalid arguments, denied roles, and a reconciled ledger afterwards.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(130);
+select plan(136);
 
 -- ---------------------------------------------------------------------------------------------
 -- Helpers (temporary, gone with the transaction)
@@ -843,6 +843,23 @@ select is(
   'prepare failure: the same key replays the failure after the unblock');
 select is_empty($$ select 1 from festival.recharges where client_request_id = 'st-prep-blocked-30' $$,
   'prepare failure: no recharge was created by the replay');
+
+-- A dispute that arrives before its payment is credited is parked; the credit then blocks the card.
+select is(public.sp_process_stripe_dispute('pi_dispute_first', 'ch_dispute_first', 'dp_first', 1000, 'evt_dispute_first')
+  ->> 'outcome', 'dispute_unmatched', 'early dispute: parked until the credit');
+select is(public.sp_process_stripe_recharge('DEMO-0031', 1000, 'eur', 'cs_dispute_first', 'evt_credit_dispute_first',
+  'pi_dispute_first', 0, '{}') ->> 'card_blocked_for_dispute', 'dp_first', 'early dispute: applied with the credit');
+select is((select status from festival.cards where id = 'DEMO-0031'), 'blocked', 'early dispute: the card ends blocked');
+select is_empty($$ select 1 from festival.stripe_disputes_pending where stripe_payment_intent_id = 'pi_dispute_first' $$,
+  'early dispute: no longer pending');
+
+-- A session without a pending recharge cannot invent a bonus through its metadata.
+select is(public.sp_process_stripe_recharge('DEMO-0032', 100, 'eur', 'cs_invented_bonus', 'evt_invented_bonus',
+  'pi_invented_bonus', 999999999, '{"kind": "card_recharge"}') #>> '{error,code}', 'payment_mismatch',
+  'foreign session: a bonus that is not its package''s is payment_mismatch');
+select is(public.sp_process_stripe_recharge('DEMO-0032', 5000, 'eur', 'cs_package_bonus', 'evt_package_bonus',
+  'pi_package_bonus', 250, '{"kind": "card_recharge", "package_code": "MIDI"}') ->> 'new_balance_cents', '5250',
+  'foreign session: the named package''s bonus for its price is credited');
 
 select * from finish();
 rollback;
