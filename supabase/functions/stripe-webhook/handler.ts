@@ -210,7 +210,13 @@ async function dispatch(context: RequestContext, call: RpcCall, event: Stripe.Ev
     case "checkout.session.expired": {
       const session = event.data.object;
       if (isCreditPurchase(session)) return closeCreditPurchase(context, call, event, session, "cancelled");
-      return acknowledge(context, event.id, "ignored_event_type");
+      // The festival-goer never paid: the pending recharge is closed so it does not wait forever.
+      const result = await call("sp_fail_stripe_recharge", {
+        stripe_session_id: session.id,
+        stripe_event_id: event.id,
+        reason: "checkout_session_expired",
+      }, callContext);
+      return acknowledge(context, event.id, outcomeOf(result), result);
     }
     case "invoice.payment_succeeded":
       return allocateSubscriptionPeriod(context, call, event);

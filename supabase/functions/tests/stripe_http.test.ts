@@ -178,6 +178,16 @@ Deno.test("webhook: async_payment_failed marks the recharge failed and credits n
   assert.equal(await balance(cardId), 0);
 });
 
+Deno.test("webhook: an expired checkout session closes its pending recharge", async () => {
+  const [cardId] = await newCards(1);
+  const session = await paidSession(cardId, { amount_cents: 1000 });
+  const expired = await deliver(event("checkout.session.expired", { ...session, payment_status: "unpaid", payment_intent: null }));
+  assert.equal(expired.status, 200);
+  assert.equal(expired.body.outcome, "marked_failed");
+  const [row] = await sql`select status, failure_reason from festival.recharges where stripe_session_id = ${session.id}`;
+  assert.deepEqual({ ...row }, { status: "failed", failure_reason: "checkout_session_expired" });
+});
+
 Deno.test("webhook: a refund arriving before the completion gives the right final state", async () => {
   const [cardId] = await newCards(1);
   const session = await paidSession(cardId, { amount_cents: 4000 });
