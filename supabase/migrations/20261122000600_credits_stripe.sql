@@ -13,7 +13,8 @@ create table credits.credit_purchases (
   stripe_session_id text primary key check (length(stripe_session_id) between 1 and 255),
   user_id uuid not null,
   credits bigint not null check (credits > 0),
-  amount_cents bigint not null check (amount_cents > 0),
+  -- Zero for a session that needed no payment (a 100 % coupon): credited, never refunded.
+  amount_cents bigint not null check (amount_cents >= 0),
   currency text not null check (currency ~ '^[A-Z]{3}$'),
   status text not null check (status in ('pending', 'completed', 'failed', 'cancelled')),
   stripe_payment_intent_id text unique,
@@ -112,7 +113,7 @@ declare
 begin
   select * into v_purchase from credits.credit_purchases where stripe_session_id = p_session_id for update;
   v_refunded_cents := least(p_refunded_total_cents, v_purchase.amount_cents);
-  if v_refunded_cents <= v_purchase.refunded_cents then
+  if v_refunded_cents <= v_purchase.refunded_cents or v_purchase.amount_cents = 0 then
     return jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_already_applied',
       'stripe_session_id', p_session_id, 'refunded_cents', v_purchase.refunded_cents);
   end if;
@@ -201,7 +202,7 @@ begin
     values (p_session_id, p_user_id, p_credits, p_amount_cents, upper(p_currency), 'pending')
     returning * into v_purchase;
   end if;
-  if p_payment_status <> 'paid' then
+  if p_payment_status not in ('paid', 'no_payment_required') then
     -- Recorded, no balance change: async_payment_succeeded or _failed follows.
     return jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'payment_pending',
       'stripe_session_id', p_session_id, 'user_id', p_user_id);
@@ -271,7 +272,7 @@ declare
 begin
   perform credits.require_user_id(sp_process_credit_purchase.user_id, 'user_id');
   perform ledger.require(sp_process_credit_purchase.credits > 0, 'credits', 'must be a positive integer');
-  perform ledger.require(sp_process_credit_purchase.amount_cents > 0, 'amount_cents', 'must be a positive integer');
+  perform ledger.require(sp_process_credit_purchase.amount_cents >= 0, 'amount_cents', 'must be zero or more');
   perform ledger.require(sp_process_credit_purchase.currency ~ '^[A-Za-z]{3}$', 'currency', 'must be a 3-letter code');
   perform credits.require_text_id(sp_process_credit_purchase.stripe_session_id, 'stripe_session_id');
   perform ledger.require(sp_process_credit_purchase.payment_status in ('paid', 'unpaid', 'no_payment_required'),
@@ -312,8 +313,10 @@ declare
 begin
   perform credits.require_text_id(sp_close_credit_purchase.stripe_session_id, 'stripe_session_id');
   perform ledger.require(sp_close_credit_purchase.status in ('failed', 'cancelled'), 'status', 'must be failed or cancelled');
-  perform ledger.require(sp_close_credit_purchase.credits > 0 and sp_close_credit_purchase.amount_cents > 0, 'credits',
-    'credits and amount_cents must be positive');
+  perform credits.require_user_id(sp_close_credit_purchase.user_id, 'user_id');
+  perform ledger.require(sp_close_credit_purchase.currency ~ '^[A-Za-z]{3}$', 'currency', 'must be a 3-letter code');
+  perform ledger.require(sp_close_credit_purchase.credits > 0 and sp_close_credit_purchase.amount_cents >= 0, 'credits',
+    'credits must be positive and amount_cents zero or more');
   v_result := festival.stripe_event_replay(sp_close_credit_purchase.stripe_event_id);
   if v_result is null then
     perform pg_advisory_xact_lock(hashtextextended('stripe-session:' || sp_close_credit_purchase.stripe_session_id, 20261122));
@@ -370,6 +373,9 @@ declare
 begin
   perform credits.require_user_id(sp_process_subscription_invoice.user_id, 'user_id');
   perform credits.require_text_id(sp_process_subscription_invoice.plan_id, 'plan_id');
+  perform credits.require_text_id(sp_process_subscription_invoice.subscription_id, 'subscription_id');
+  perform ledger.require(sp_process_subscription_invoice.period_end > sp_process_subscription_invoice.period_start,
+    'period_end', 'must be after period_start');
   v_result := festival.stripe_event_replay(sp_process_subscription_invoice.stripe_event_id);
   if v_result is null then
     select p.monthly_credits into v_credits from credits.plans p where p.plan_id = sp_process_subscription_invoice.plan_id and p.active;

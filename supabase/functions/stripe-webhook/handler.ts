@@ -4,9 +4,9 @@
 // payment for a card that does not exist yet (404), a database that is down (503).
 
 import { z } from "zod";
-import { errorBody } from "../_shared/errors.ts";
+import { errorBody, isInvalidArgumentSqlState } from "../_shared/errors.ts";
 import { jsonResponse, readRawBody, type RequestContext, serveFunction } from "../_shared/http.ts";
-import { type ProcedureResult, rpc, type RpcCall } from "../_shared/rpc.ts";
+import { ProcedureError, type ProcedureResult, rpc, type RpcCall } from "../_shared/rpc.ts";
 import { type Stripe, verifyWebhookEvent, webhookSecret } from "../_shared/stripe.ts";
 
 // Stripe's events are small; a generous bound still keeps a flood out.
@@ -278,7 +278,20 @@ export function createStripeWebhookHandler(call: RpcCall): (request: Request) =>
         context.requestId,
       );
     }
-    return dispatch(context, call, event);
+    try {
+      return await dispatch(context, call, event);
+    } catch (error) {
+      // A signed event whose data our procedures refuse can never succeed: a retry would only
+      // repeat it for days. Acknowledge it and leave it to a person, through the error log.
+      if (!(error instanceof ProcedureError && isInvalidArgumentSqlState(error.sqlState))) throw error;
+      console.error(JSON.stringify({
+        level: "error",
+        function: context.functionName,
+        request_id: context.requestId,
+        message: `event ${event.id} (${event.type}) refused by ${error.procedure}: ${error.message}`,
+      }));
+      return acknowledge(context, event.id, "invalid_event_data");
+    }
   });
 }
 

@@ -5,7 +5,7 @@
 -- Success, each outcome, replay, invalid arguments, denied roles, and a reconciled ledger after.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(104);
+select plan(108);
 
 -- ---------------------------------------------------------------------------------------------
 -- Helpers and users (temporary, gone with the transaction)
@@ -759,8 +759,8 @@ select throws_ok($$ select pg_temp.purchase(null, 10, 500, 'EUR', 'cs_bad_1', 'e
   '22023', null, 'purchase: null user');
 select throws_ok($$ select pg_temp.purchase(pg_temp.buyer(), 0, 500, 'EUR', 'cs_bad_2', 'evt_bad_2', null, 'paid') $$,
   '22023', null, 'purchase: zero credits');
-select throws_ok($$ select pg_temp.purchase(pg_temp.buyer(), 10, 0, 'EUR', 'cs_bad_3', 'evt_bad_3', null, 'paid') $$,
-  '22023', null, 'purchase: zero amount');
+select throws_ok($$ select pg_temp.purchase(pg_temp.buyer(), 10, -1, 'EUR', 'cs_bad_3', 'evt_bad_3', null, 'paid') $$,
+  '22023', null, 'purchase: negative amount (zero is a session that needed no payment)');
 select throws_ok($$ select pg_temp.purchase(pg_temp.buyer(), 10, 500, 'EURO', 'cs_bad_4', 'evt_bad_4', null, 'paid') $$,
   '22023', null, 'purchase: a currency that is not 3 letters');
 select throws_ok($$ select pg_temp.purchase(pg_temp.buyer(), 10, 500, 'EUR', '', 'evt_bad_5', null, 'paid') $$,
@@ -823,6 +823,17 @@ select is_empty(
 -- ---------------------------------------------------------------------------------------------
 
 select is_empty($$ select * from public.ledger_reconcile() $$, 'ledger_reconcile() finds no discrepancy');
+
+-- A session that needed no payment (a 100 % coupon) is credited at once.
+select is(public.sp_process_credit_purchase(pg_temp.buyer(), 15, 0, 'eur', 'cs_free_coupon', 'evt_free_coupon', null,
+  'no_payment_required') ->> 'outcome', 'credited', 'purchase: no_payment_required credits the user');
+
+select throws_ok($$ select public.sp_close_credit_purchase('cs_bad_close_user', null, 10, 500, 'eur', 'failed', 'evt_bad_close_user') $$,
+  '22023', null, 'close: a null user is an invalid argument, not a constraint error');
+select throws_ok($$ select public.sp_close_credit_purchase('cs_bad_close_cur', pg_temp.buyer(), 10, 500, 'EURO', 'failed', 'evt_bad_close_cur') $$,
+  '22023', null, 'close: a currency that is not 3 letters');
+select throws_ok($$ select public.sp_process_subscription_invoice(pg_temp.buyer(), 'plan-x', null, now(), now() + interval '30 days', 'evt_bad_sub') $$,
+  '22023', null, 'invoice: a null subscription id');
 
 select * from finish();
 rollback;
