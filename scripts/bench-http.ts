@@ -16,7 +16,7 @@ import {
   withBenchCluster,
 } from "./lib/bench.ts";
 import { psql } from "./lib/cluster.ts";
-import { freePort, log, REPO_ROOT } from "./lib/process.ts";
+import { freePort, log, REPO_ROOT, waitForHttp } from "./lib/process.ts";
 import { DEMO_STAFF, LOCAL_JWT_SECRET, userToken } from "./lib/tokens.ts";
 
 const seconds = Number(Deno.env.get("BENCH_SECONDS") ?? "15");
@@ -99,15 +99,7 @@ await withBenchCluster(async (cluster, url) => {
   }).spawn();
   try {
     const functionUrl = `http://127.0.0.1:${port}/functions/v1/process-bar-order`;
-    for (let attempt = 0;; attempt++) {
-      try {
-        await (await fetch(`http://127.0.0.1:${port}/functions/v1/health`)).body?.cancel();
-        break;
-      } catch (error) {
-        if (attempt > 100) throw error;
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-    }
+    await waitForHttp(`http://127.0.0.1:${port}/functions/v1/health`, 30_000);
     const token = await userToken(DEMO_STAFF.bartender);
     const runId = crypto.randomUUID();
     const orderFor = (cardId: string, items: unknown) => (index: number) => ({

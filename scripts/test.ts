@@ -13,7 +13,7 @@ import {
   stopCluster,
   SUPABASE_CLI,
 } from "./lib/cluster.ts";
-import { freePort, isRoot, log, REPO_ROOT, run } from "./lib/process.ts";
+import { freePort, isRoot, log, REPO_ROOT, run, waitForHttp } from "./lib/process.ts";
 import { LOCAL_JWT_SECRET } from "./lib/tokens.ts";
 import { startStripeStandIn } from "./lib/stripe-stand-in.ts";
 import { LOCAL_WEBHOOK_SECRET } from "../supabase/functions/_shared/stripe.ts";
@@ -59,20 +59,6 @@ async function runPgTap(cluster: Cluster): Promise<void> {
   // A file that died or planned a different number of tests fails without a `not ok` line.
   if (result.code !== 0 && failed === 0) failed = 1;
   record("pgTAP", passed, failed, output);
-}
-
-async function waitForHttp(url: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    try {
-      const response = await fetch(url);
-      await response.body?.cancel();
-      return;
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-  }
-  throw new Error(`functions server did not answer at ${url} within ${timeoutMs} ms`);
 }
 
 async function runDenoTests(cluster: Cluster): Promise<void> {

@@ -56,3 +56,18 @@ export function freePort(): number {
 export function log(message: string): void {
   console.error(`[stack] ${message}`);
 }
+
+/** Waits until `url` answers at all (any status): a server we started is listening. */
+export async function waitForHttp(url: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const response = await fetch(url);
+      await response.body?.cancel();
+      return;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+  throw new Error(`nothing answered at ${url} within ${timeoutMs} ms`);
+}

@@ -70,11 +70,15 @@ export async function authenticate(request: Request): Promise<Caller> {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-/** A signed-in user (a staff member or practitioner): a token with a user id as subject. */
-export async function authenticateUser(request: Request): Promise<Caller & { subject: string }> {
-  const caller = await authenticate(request);
+/** The caller as a signed-in user (a staff member or practitioner), or a 403 HttpError. */
+export function requireUser(caller: Caller): Caller & { subject: string } {
   if (caller.role !== "authenticated" || !caller.subject || !UUID.test(caller.subject)) {
     throw new HttpError("forbidden", "this endpoint needs a signed-in user's token");
   }
   return caller as Caller & { subject: string };
+}
+
+/** A signed-in user: a token with a user id as subject. */
+export async function authenticateUser(request: Request): Promise<Caller & { subject: string }> {
+  return requireUser(await authenticate(request));
 }

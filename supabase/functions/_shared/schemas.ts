@@ -16,8 +16,10 @@ export const cardId = z.string().regex(
   "1 to 64 letters, digits, ':', '_' or '-', starting with a letter or digit",
 );
 export const identifier = z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, "1 to 64 lowercase letters, digits or '-'");
-/** Client-generated idempotency key: 1 to 255 visible ASCII characters (a UUID fits). */
-export const clientRequestId = z.string().regex(/^[\x21-\x7e]{1,255}$/, "1 to 255 visible ASCII characters");
+/** An id chosen outside this system (a booking, an order): 1 to 255 visible ASCII characters. */
+export const externalId = z.string().regex(/^[\x21-\x7e]{1,255}$/, "1 to 255 visible ASCII characters");
+/** Client-generated idempotency key (a UUID fits). */
+export const clientRequestId = externalId;
 /** Top-up package codes (MINI, MIDI, …); an unknown code is the database's `unknown_package`. */
 export const packageCode = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/, "1 to 32 letters, digits, '_' or '-'");
 /** Free text (labels, reasons): no control characters, which Postgres text refuses (NUL) or logs mangle. */

@@ -8,13 +8,13 @@
 //           service_role key (no user)
 
 import { z } from "zod";
-import { authenticate, type Caller } from "../_shared/auth.ts";
-import { HttpError } from "../_shared/errors.ts";
+import { authenticate, requireUser } from "../_shared/auth.ts";
 import { readJsonBody, serveFunction } from "../_shared/http.ts";
 import { respondWithProcedure } from "../_shared/procedure.ts";
 import { rpc, type RpcCall } from "../_shared/rpc.ts";
 import {
   clientRequestId,
+  externalId,
   parseInput,
   resolveClientRequestId,
 } from "../_shared/schemas.ts";
@@ -22,10 +22,7 @@ import {
 /** More credits than any order could plausibly hold is a bug or an attack (400). */
 export const MAX_LOCK_CREDITS = 1_000_000;
 
-const orderId = z.string().regex(
-  /^[\x21-\x7e]{1,255}$/,
-  "1 to 255 visible ASCII characters",
-);
+const orderId = externalId;
 
 export const CreditsEscrowRequest = z.discriminatedUnion("action", [
   z.strictObject({
@@ -52,23 +49,6 @@ export const CreditsEscrowRequest = z.discriminatedUnion("action", [
   }),
 ]);
 
-const USER_ID =
-  /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-/** The signed-in user behind the token (as authenticateUser), or 403. */
-function userSubject(caller: Caller): string {
-  if (
-    caller.role !== "authenticated" || !caller.subject ||
-    !USER_ID.test(caller.subject)
-  ) {
-    throw new HttpError(
-      "forbidden",
-      "this action needs a signed-in user's token",
-    );
-  }
-  return caller.subject;
-}
-
 export function createCreditsEscrowHandler(
   call: RpcCall,
 ): (request: Request) => Promise<Response> {
@@ -87,7 +67,7 @@ export function createCreditsEscrowHandler(
       switch (body.action) {
         case "lock":
           return respondWithProcedure(context, call, "lock_credits", {
-            user_id: userSubject(caller),
+            user_id: requireUser(caller).subject,
             amount: body.amount,
             order_id: body.order_id,
             client_request_id,
@@ -95,13 +75,13 @@ export function createCreditsEscrowHandler(
         case "accept":
           return respondWithProcedure(context, call, "accept_credit_order", {
             order_id: body.order_id,
-            provider_id: userSubject(caller),
+            provider_id: requireUser(caller).subject,
             client_request_id,
           });
         case "unlock":
           return respondWithProcedure(context, call, "unlock_credits", {
             order_id: body.order_id,
-            actor_user_id: userSubject(caller),
+            actor_user_id: requireUser(caller).subject,
             client_request_id,
           });
         case "payout":
@@ -112,7 +92,7 @@ export function createCreditsEscrowHandler(
             // The service itself (service_role key, no user) acts as nobody; a user must be an admin.
             actor_user_id: caller.role === "service_role"
               ? null
-              : userSubject(caller),
+              : requireUser(caller).subject,
           });
       }
     },

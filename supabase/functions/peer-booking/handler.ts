@@ -10,6 +10,7 @@ import { respondWithProcedure } from "../_shared/procedure.ts";
 import { rpc, type RpcCall } from "../_shared/rpc.ts";
 import {
   clientRequestId,
+  externalId,
   parseInput,
   resolveClientRequestId,
 } from "../_shared/schemas.ts";
@@ -20,10 +21,7 @@ export const MAX_BOOKING_CREDITS = 1_000_000;
 export const PeerBookingRequest = z.strictObject({
   treating_practitioner_id: z.guid(),
   credits: z.number().int().min(1).max(MAX_BOOKING_CREDITS),
-  booking_id: z.string().regex(
-    /^[\x21-\x7e]{1,255}$/,
-    "1 to 255 visible ASCII characters",
-  ),
+  booking_id: externalId,
   // Accepted only to refuse a mismatch loudly: the token decides who books.
   booking_practitioner_id: z.guid().optional(),
   client_request_id: clientRequestId.optional(),
