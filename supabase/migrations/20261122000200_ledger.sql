@@ -492,11 +492,10 @@ $$;
  *   balance_chain       a transfer whose balance before is not the balance after the account's previous one
  *   orphan_transfer     a transfer whose account or operation does not exist
  */
-create function public.ledger_reconcile()
+create function ledger.ledger_checks()
 returns table (check_name text, account_id bigint, account_code text, expected_cents bigint, actual_cents bigint, detail text)
 language sql
 stable
-security definer
 set search_path = ''
 as $$
   with movements as (
@@ -547,6 +546,15 @@ as $$
     or not exists (select 1 from ledger.accounts a where a.id = t.to_account_id)
     or not exists (select 1 from ledger.operations o where o.id = t.operation_id)
 $$;
+
+/** Every check of the deployment; later migrations add their own checks here. */
+create function public.ledger_reconcile()
+returns table (check_name text, account_id bigint, account_code text, expected_cents bigint, actual_cents bigint, detail text)
+language sql
+stable
+security definer
+set search_path = ''
+as $$ select * from ledger.ledger_checks() $$;
 revoke execute on function public.ledger_reconcile() from public, anon, authenticated;
 grant execute on function public.ledger_reconcile() to service_role;
 

@@ -1049,71 +1049,17 @@ grant execute on function public.credits_balance(uuid, integer) to service_role;
 -- ---------------------------------------------------------------------------------------------
 
 /**
- * One row per discrepancy; no rows when the ledger is healthy:
- *   balance_mismatch         a customer account whose stored balance differs from its transfers
- *   negative_balance         a customer account below zero
- *   nonzero_total            the sum of all balances is not zero
- *   balance_chain            a transfer whose balance before is not the balance after the account's previous one
- *   orphan_transfer          a transfer whose account or operation does not exist
+ * The credit checks, next to the ledger's (ledger.ledger_checks):
  *   credit_journal_mismatch  a user whose credit balance differs from the sum of their credit transactions
  *   hold_state_mismatch      an escrow hold whose account does not hold its amount while held or accepted,
  *                            is not empty once released, or an escrow account without a hold
  */
-create or replace function public.ledger_reconcile()
+create function credits.credit_checks()
 returns table (check_name text, account_id bigint, account_code text, expected_cents bigint, actual_cents bigint, detail text)
 language sql
 stable
-security definer
 set search_path = ''
 as $$
-  with movements as (
-    select to_account_id as account_id, amount_cents as delta from ledger.transfers
-    union all
-    select from_account_id, -amount_cents from ledger.transfers
-  ),
-  derived as (
-    select a.id, a.code, a.kind, a.balance_cents as stored, coalesce(sum(m.delta), 0)::bigint as from_transfers
-    from ledger.accounts a
-    left join movements m on m.account_id = a.id
-    group by a.id
-  )
-  select 'balance_mismatch', id, code, from_transfers, stored,
-    'stored balance differs from the sum of its transfers'
-  from derived
-  where kind <> 'system' and stored <> from_transfers
-  union all
-  select 'negative_balance', id, code, 0::bigint, stored, 'customer account below zero'
-  from derived
-  where kind <> 'system' and stored < 0
-  union all
-  select 'nonzero_total', null, null, 0::bigint, total, 'the sum of all balances is not zero'
-  from (select sum(case when kind = 'system' then from_transfers else stored end)::bigint as total from derived) t
-  where total <> 0
-  union all
-  select 'balance_chain', chain.account_id, null, coalesce(chain.previous_after, 0), chain.before,
-    format('transfer %s: balance before differs from the balance after the previous transfer', chain.transfer_id)
-  from (
-    select side.account_id, side.transfer_id, side.before,
-      lag(side.after) over (partition by side.account_id order by side.transfer_id) as previous_after
-    from (
-      select id as transfer_id, from_account_id as account_id, from_balance_before_cents as before,
-        from_balance_after_cents as after
-      from ledger.transfers where from_balance_before_cents is not null
-      union all
-      select id, to_account_id, to_balance_before_cents, to_balance_after_cents
-      from ledger.transfers where to_balance_before_cents is not null
-    ) side
-  ) chain
-  -- Accounts open at zero, so the first transfer of an account starts from zero.
-  where coalesce(chain.previous_after, 0) <> chain.before
-  union all
-  select 'orphan_transfer', null, null, null::bigint, t.amount_cents,
-    format('transfer %s refers to a missing account or operation', t.id)
-  from ledger.transfers t
-  where not exists (select 1 from ledger.accounts a where a.id = t.from_account_id)
-    or not exists (select 1 from ledger.accounts a where a.id = t.to_account_id)
-    or not exists (select 1 from ledger.operations o where o.id = t.operation_id)
-  union all
   -- Two records of every user's credits: the account (ledger) and the journal (credit_transactions).
   select 'credit_journal_mismatch', a.id, a.code, a.balance_cents, coalesce(journal.total, 0)::bigint,
     format('user %s: the credit balance differs from the sum of the credit transactions', users.user_id)
@@ -1139,6 +1085,18 @@ as $$
     and (h.order_id is null
       or a.kind <> 'escrow_hold'
       or a.balance_cents <> case when h.status in ('held', 'accepted') then h.amount_credits else 0 end)
+$$;
+
+create or replace function public.ledger_reconcile()
+returns table (check_name text, account_id bigint, account_code text, expected_cents bigint, actual_cents bigint, detail text)
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select * from ledger.ledger_checks()
+  union all
+  select * from credits.credit_checks()
 $$;
 revoke execute on function public.ledger_reconcile() from public, anon, authenticated;
 grant execute on function public.ledger_reconcile() to service_role;
