@@ -605,6 +605,29 @@ revoke execute on function public.sp_fail_stripe_recharge(text, text, text) from
 grant execute on function public.sp_fail_stripe_recharge(text, text, text) to service_role;
 
 /**
+ * Applies a refund to the credited payment behind a payment intent and returns the result, or
+ * null when no credited payment has this intent (yet). Products that take payments replace it to
+ * look at their own payments too (the credits migration does).
+ */
+create function festival.refund_credited_payment(
+  p_payment_intent_id text, p_refunded_total_cents bigint, p_event_id text, p_charge_id text)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_recharge_id bigint;
+begin
+  select id into v_recharge_id from festival.recharges
+  where stripe_payment_intent_id = p_payment_intent_id and status = 'completed';
+  if v_recharge_id is null then
+    return null;
+  end if;
+  return festival.apply_stripe_refund_total(v_recharge_id, p_refunded_total_cents, p_event_id, p_charge_id);
+end;
+$$;
+
+/**
  * charge.refunded: `amount_refunded_cents` is Stripe's running total for the payment; only the part
  * not reversed yet moves. Before the session is credited the total is parked and applied with the
  * credit.
@@ -637,7 +660,12 @@ begin
       perform ops.raise_alert('payment_mismatch', 'critical', v_recharge.card_id, sp_process_stripe_refund.stripe_charge_id,
         jsonb_build_object('refund_currency', upper(sp_process_stripe_refund.currency)));
       v_result := ledger.error_result('payment_mismatch', 'refund in another currency', '{}'::jsonb);
-    elsif v_recharge.id is null or v_recharge.status <> 'completed' then
+    else
+      v_result := festival.refund_credited_payment(sp_process_stripe_refund.stripe_payment_intent_id,
+        sp_process_stripe_refund.amount_refunded_cents, sp_process_stripe_refund.stripe_event_id,
+        sp_process_stripe_refund.stripe_charge_id);
+    end if;
+    if v_result is null then
       insert into festival.stripe_refunds_pending (stripe_payment_intent_id, amount_refunded_cents, currency, last_event_id)
       values (sp_process_stripe_refund.stripe_payment_intent_id, sp_process_stripe_refund.amount_refunded_cents,
         upper(sp_process_stripe_refund.currency), sp_process_stripe_refund.stripe_event_id)
@@ -646,15 +674,13 @@ begin
           last_event_id = excluded.last_event_id, updated_at = now();
       v_result := jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_parked_until_credit',
         'stripe_payment_intent_id', sp_process_stripe_refund.stripe_payment_intent_id);
-    else
-      v_result := festival.apply_stripe_refund_total(v_recharge.id, sp_process_stripe_refund.amount_refunded_cents,
-        sp_process_stripe_refund.stripe_event_id, sp_process_stripe_refund.stripe_charge_id);
     end if;
     perform festival.stripe_event_done(sp_process_stripe_refund.stripe_event_id, 'charge.refunded', v_result);
   end if;
   perform ops.log_attempt('stripe_refund', v_result, sp_process_stripe_refund.stripe_event_id, null, v_recharge.card_id,
     p_amount_cents => (v_result ->> 'refund_cents')::bigint,
-    p_details => jsonb_build_object('stripe_payment_intent_id', sp_process_stripe_refund.stripe_payment_intent_id));
+    p_details => jsonb_build_object('stripe_payment_intent_id', sp_process_stripe_refund.stripe_payment_intent_id,
+      'user_id', v_result ->> 'user_id'));
   return v_result;
 end;
 $$;

@@ -416,63 +416,29 @@ grant execute on function public.sp_process_subscription_invoice(uuid, text, tex
 
 /**
  * charge.refunded, for card recharges and credit purchases alike: the payment intent says which.
- * Replaces the card-only version of the Stripe migration; a refund that arrives before either is
- * credited is still parked and applied with the credit.
+ * A refund that arrives before either is credited is still parked by sp_process_stripe_refund and
+ * applied with the credit.
  */
-create or replace function public.sp_process_stripe_refund(
-  stripe_payment_intent_id text,
-  stripe_charge_id text,
-  amount_refunded_cents bigint,
-  currency text,
-  stripe_event_id text)
+create or replace function festival.refund_credited_payment(
+  p_payment_intent_id text, p_refunded_total_cents bigint, p_event_id text, p_charge_id text)
 returns jsonb
 language plpgsql
-security definer
 set search_path = ''
 as $$
 declare
-  v_result jsonb;
-  v_recharge festival.recharges;
-  v_purchase credits.credit_purchases;
+  v_recharge_id bigint;
+  v_session_id text;
 begin
-  perform ledger.require(length(sp_process_stripe_refund.stripe_payment_intent_id) between 1 and 255,
-    'stripe_payment_intent_id', 'must be 1 to 255 characters');
-  perform ledger.require(sp_process_stripe_refund.amount_refunded_cents > 0, 'amount_refunded_cents', 'must be positive');
-  v_result := festival.stripe_event_replay(sp_process_stripe_refund.stripe_event_id);
-  if v_result is null then
-    -- Serialize with the credit of the same payment: both lock this key first.
-    perform pg_advisory_xact_lock(hashtextextended('stripe-intent:' || sp_process_stripe_refund.stripe_payment_intent_id, 20261122));
-    select * into v_recharge from festival.recharges r
-    where r.stripe_payment_intent_id = sp_process_stripe_refund.stripe_payment_intent_id;
-    select * into v_purchase from credits.credit_purchases p
-    where p.stripe_payment_intent_id = sp_process_stripe_refund.stripe_payment_intent_id;
-    if upper(sp_process_stripe_refund.currency) <> (select s.currency from festival.settings s) then
-      perform ops.raise_alert('payment_mismatch', 'critical', v_recharge.card_id, sp_process_stripe_refund.stripe_charge_id,
-        jsonb_build_object('refund_currency', upper(sp_process_stripe_refund.currency)));
-      v_result := ledger.error_result('payment_mismatch', 'refund in another currency', '{}'::jsonb);
-    elsif v_recharge.status = 'completed' then
-      v_result := festival.apply_stripe_refund_total(v_recharge.id, sp_process_stripe_refund.amount_refunded_cents,
-        sp_process_stripe_refund.stripe_event_id, sp_process_stripe_refund.stripe_charge_id);
-    elsif v_purchase.status = 'completed' then
-      v_result := credits.apply_purchase_refund_total(v_purchase.stripe_session_id,
-        sp_process_stripe_refund.amount_refunded_cents, sp_process_stripe_refund.stripe_event_id,
-        sp_process_stripe_refund.stripe_charge_id);
-    else
-      insert into festival.stripe_refunds_pending (stripe_payment_intent_id, amount_refunded_cents, currency, last_event_id)
-      values (sp_process_stripe_refund.stripe_payment_intent_id, sp_process_stripe_refund.amount_refunded_cents,
-        upper(sp_process_stripe_refund.currency), sp_process_stripe_refund.stripe_event_id)
-      on conflict on constraint stripe_refunds_pending_pkey do update
-        set amount_refunded_cents = greatest(festival.stripe_refunds_pending.amount_refunded_cents, excluded.amount_refunded_cents),
-          last_event_id = excluded.last_event_id, updated_at = now();
-      v_result := jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_parked_until_credit',
-        'stripe_payment_intent_id', sp_process_stripe_refund.stripe_payment_intent_id);
-    end if;
-    perform festival.stripe_event_done(sp_process_stripe_refund.stripe_event_id, 'charge.refunded', v_result);
+  select id into v_recharge_id from festival.recharges
+  where stripe_payment_intent_id = p_payment_intent_id and status = 'completed';
+  if v_recharge_id is not null then
+    return festival.apply_stripe_refund_total(v_recharge_id, p_refunded_total_cents, p_event_id, p_charge_id);
   end if;
-  perform ops.log_attempt('stripe_refund', v_result, sp_process_stripe_refund.stripe_event_id, null, v_recharge.card_id,
-    p_amount_cents => (v_result ->> 'refund_cents')::bigint,
-    p_details => jsonb_build_object('stripe_payment_intent_id', sp_process_stripe_refund.stripe_payment_intent_id,
-      'user_id', v_purchase.user_id));
-  return v_result;
+  select stripe_session_id into v_session_id from credits.credit_purchases
+  where stripe_payment_intent_id = p_payment_intent_id and status = 'completed';
+  if v_session_id is not null then
+    return credits.apply_purchase_refund_total(v_session_id, p_refunded_total_cents, p_event_id, p_charge_id);
+  end if;
+  return null;
 end;
 $$;
