@@ -26,6 +26,11 @@ interface SuiteResult {
 
 const results: SuiteResult[] = [];
 
+// For a quick loop while developing: `TEST_FILTER=stripe npm test` runs only the pgTAP and Deno test
+// files whose name contains the text (the other checks run as always). CI never sets it.
+const testFilter = Deno.env.get("TEST_FILTER") ?? "";
+if (testFilter) log(`TEST_FILTER=${testFilter}: only test files whose name contains it`);
+
 function record(name: string, passed: number, failed: number, output = ""): void {
   results.push({ name, passed, failed });
   if (failed > 0 && output) console.log(output.trimEnd());
@@ -43,7 +48,7 @@ async function check(name: string, command: string, args: string[], env: Record<
 async function runPgTap(cluster: Cluster): Promise<void> {
   const folder = `${REPO_ROOT}/supabase/tests/database`;
   const files = [...Deno.readDirSync(folder)].map((entry) => entry.name).filter((name) => name.endsWith(".test.sql"))
-    .sort().map((name) => `${folder}/${name}`);
+    .filter((name) => name.includes(testFilter)).sort().map((name) => `${folder}/${name}`);
   if (files.length === 0) return record("pgTAP", 0, 1, "no pgTAP files found");
   const result = await run("pg_prove", [
     "--verbose",
@@ -90,7 +95,13 @@ async function runDenoTests(cluster: Cluster): Promise<void> {
   const serverLog = Promise.all([new Response(server.stdout).text(), new Response(server.stderr).text()]);
   try {
     await waitForHttp(`${env.FUNCTIONS_URL}/health`, 60_000);
-    const result = await run(Deno.execPath(), ["test", "--allow-all", "--no-check"], { env, check: false });
+    const testFiles = testFilter
+      ? [...Deno.readDirSync(`${REPO_ROOT}/supabase/functions/tests`)].map((entry) => entry.name)
+        .filter((name) => name.endsWith(".test.ts") && name.includes(testFilter))
+        .map((name) => `supabase/functions/tests/${name}`)
+      : [];
+    if (testFilter && testFiles.length === 0) return;
+    const result = await run(Deno.execPath(), ["test", "--allow-all", "--no-check", ...testFiles], { env, check: false });
     const output = `${result.stdout}\n${result.stderr}`;
     const summary = /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/.exec(output);
     const passed = summary ? Number(summary[1]) : 0;
