@@ -8,7 +8,7 @@ export const MAX_BODY_BYTES = 64 * 1024;
 
 export const CORS_HEADERS: Readonly<Record<string, string>> = {
   "access-control-allow-origin": Deno.env.get("CORS_ALLOWED_ORIGIN") ?? "*",
-  "access-control-allow-headers": "authorization, x-client-info, apikey, content-type, idempotency-key, x-request-id",
+  "access-control-allow-headers": "authorization, x-client-info, apikey, content-type, idempotency-key, x-request-id, x-card-pin",
   "access-control-allow-methods": "GET, POST, OPTIONS",
   "access-control-expose-headers": "x-request-id",
   "access-control-max-age": "86400",
