@@ -21,9 +21,18 @@ if [ "${FORCE_NPM_INSTALL:-0}" = "1" ] || [ ! -x node_modules/.bin/deno ] || [ !
   fi
 fi
 
+# The web app's dependencies (web/package-lock.json: Vite, React, supabase-js, puppeteer-core), the
+# same way: npm ci, or npm install --no-save where the mirror's platform binaries break npm ci.
+if [ "${FORCE_NPM_INSTALL:-0}" = "1" ] || [ ! -f web/node_modules/vite/bin/vite.js ] \
+  || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
+  echo "[setup] installing the web app's npm dependencies (web/)" >&2
+  (cd web && { npm ci --no-audit --no-fund --loglevel=error >&2 \
+    || npm install --no-save --no-audit --no-fund --loglevel=error >&2; })
+fi
+
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 PG_SHARE="${PG_SHARE:-/usr/share/postgresql/15}"
-PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap postgresql-15-plpgsql-check libtap-parser-sourcehandler-pgtap-perl"
+PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap postgresql-15-plpgsql-check libtap-parser-sourcehandler-pgtap-perl chromium"
 
 missing=""
 [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] || missing="$missing postgresql-15"
@@ -31,6 +40,8 @@ missing=""
 [ -f "$PG_SHARE/extension/pgtap.control" ] || missing="$missing postgresql-15-pgtap"
 [ -f "$PG_SHARE/extension/plpgsql_check.control" ] || missing="$missing postgresql-15-plpgsql-check"
 command -v pg_prove >/dev/null 2>&1 || missing="$missing libtap-parser-sourcehandler-pgtap-perl"
+# Headless Chromium for the web app's browser tests (puppeteer-core drives it; no browser download).
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = "0" ]; then

@@ -18,12 +18,14 @@ import { functionsEnvironment, LOCAL_FUNCTIONS_PORT, localCluster } from "./lib/
 import { log } from "./lib/process.ts";
 import { DEMO_STAFF, userToken } from "./lib/tokens.ts";
 import { startStripeStandIn } from "./lib/stripe-stand-in.ts";
+import { buildWeb, LOCAL_WEB_PORT, localWebConfig, serveWeb } from "./lib/web.ts";
 
 const functionsPort = Number(Deno.env.get("LOCAL_FUNCTIONS_PORT") ?? LOCAL_FUNCTIONS_PORT);
 const cluster = localCluster;
 const url = databaseUrl(cluster);
 
 let server: Deno.HttpServer | undefined;
+let webServer: Deno.HttpServer | undefined;
 let stopping = false;
 
 async function stop(exitCode: number): Promise<never> {
@@ -31,6 +33,7 @@ async function stop(exitCode: number): Promise<never> {
   stopping = true;
   log("stopping functions server and database");
   await server?.shutdown().catch(() => {});
+  await webServer?.shutdown().catch(() => {});
   await stopCluster(cluster);
   log("stopped");
   Deno.exit(exitCode);
@@ -59,10 +62,23 @@ try {
     await applyMigrations(url);
   }
 
-  const stripeStandIn = Deno.env.get("STRIPE_SECRET_KEY") ? undefined : startStripeStandIn();
+  const stripeStandIn = Deno.env.get("STRIPE_SECRET_KEY") ? undefined : startStripeStandIn({
+    webhookUrl: `http://127.0.0.1:${functionsPort}/functions/v1/stripe-webhook`,
+    webhookSecret: Deno.env.get("STRIPE_WEBHOOK_SECRET"),
+  });
   const environment = await functionsEnvironment(cluster, functionsPort, stripeStandIn?.port ?? 0);
   for (const [name, value] of Object.entries(environment)) Deno.env.set(name, value);
   server = await serveFunctions({ port: functionsPort, jwtSecret: environment.SUPABASE_JWT_SECRET });
+
+  // The web app, built for this stack; the demo staff come from /local-config.json, never the build.
+  const webPort = Number(Deno.env.get("LOCAL_WEB_PORT") ?? LOCAL_WEB_PORT);
+  log("building the web app (web/) with Vite");
+  await buildWeb({
+    supabaseUrl: `http://127.0.0.1:${functionsPort}`,
+    anonKey: environment.SUPABASE_ANON_KEY,
+    outDir: `${cluster.dataDir}/../web-dist`,
+  });
+  webServer = serveWeb({ dir: `${cluster.dataDir}/../web-dist`, port: webPort, localConfig: await localWebConfig() });
 
   const tokens = {
     admin: await userToken(DEMO_STAFF.admin),
@@ -72,6 +88,7 @@ try {
   console.log(`
 Local stack is running (Ctrl-C stops it).
 
+  Web app         http://127.0.0.1:${webPort}   (/pos, /checkpoint, /me, /ops)
   Functions URL   http://127.0.0.1:${functionsPort}/functions/v1/<name>
   Database URL    ${url.replace("?sslmode=disable", "")}
 

@@ -14,7 +14,8 @@ import {
   SUPABASE_CLI,
 } from "./lib/cluster.ts";
 import { freePort, isRoot, log, REPO_ROOT, run, waitForHttp } from "./lib/process.ts";
-import { LOCAL_JWT_SECRET } from "./lib/tokens.ts";
+import { anonKey, LOCAL_JWT_SECRET } from "./lib/tokens.ts";
+import { BROWSER_TEST_FILE, runBrowserSuite } from "./lib/browser-tests.ts";
 import { startStripeStandIn } from "./lib/stripe-stand-in.ts";
 import { LOCAL_WEBHOOK_SECRET } from "../supabase/functions/_shared/stripe.ts";
 
@@ -49,6 +50,7 @@ async function runPgTap(cluster: Cluster): Promise<void> {
   const folder = `${REPO_ROOT}/supabase/tests/database`;
   const files = [...Deno.readDirSync(folder)].map((entry) => entry.name).filter((name) => name.endsWith(".test.sql"))
     .filter((name) => name.includes(testFilter)).sort().map((name) => `${folder}/${name}`);
+  if (files.length === 0 && testFilter) return; // TEST_FILTER names no pgTAP file (e.g. browser)
   if (files.length === 0) return record("pgTAP", 0, 1, "no pgTAP files found");
   const result = await run("pg_prove", [
     "--verbose",
@@ -69,7 +71,10 @@ async function runPgTap(cluster: Cluster): Promise<void> {
 async function runDenoTests(cluster: Cluster): Promise<void> {
   const functionsPort = freePort();
   // Stripe cannot be reached from here: create-checkout-session talks to the local stand-in.
-  const stripeStandIn = startStripeStandIn();
+  const stripeStandIn = startStripeStandIn({
+    webhookUrl: `http://127.0.0.1:${functionsPort}/functions/v1/stripe-webhook`,
+    webhookSecret: LOCAL_WEBHOOK_SECRET,
+  });
   const env = {
     SUPABASE_DB_URL: databaseUrl(cluster),
     SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
@@ -100,14 +105,20 @@ async function runDenoTests(cluster: Cluster): Promise<void> {
         .filter((name) => name.endsWith(".test.ts") && name.includes(testFilter))
         .map((name) => `supabase/functions/tests/${name}`)
       : [];
-    if (testFilter && testFiles.length === 0) return;
-    const result = await run(Deno.execPath(), ["test", "--allow-all", "--no-check", ...testFiles], { env, check: false });
-    const output = `${result.stdout}\n${result.stderr}`;
-    const summary = /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/.exec(output);
-    const passed = summary ? Number(summary[1]) : 0;
-    let failed = summary ? Number(summary[2]) : 0;
-    if (result.code !== 0 && failed === 0) failed = 1;
-    record("deno test (unit, HTTP end-to-end, concurrency)", passed, failed, output);
+    if (!testFilter || testFiles.length > 0) {
+      const result = await run(Deno.execPath(), ["test", "--allow-all", "--no-check", ...testFiles], { env, check: false });
+      const output = `${result.stdout}\n${result.stderr}`;
+      const summary = /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/.exec(output);
+      const passed = summary ? Number(summary[1]) : 0;
+      let failed = summary ? Number(summary[2]) : 0;
+      if (result.code !== 0 && failed === 0) failed = 1;
+      record("deno test (unit, HTTP end-to-end, concurrency)", passed, failed, output);
+    }
+    // The web app in headless Chromium, against the same functions server (TEST_FILTER=browser: only these).
+    if (BROWSER_TEST_FILE.includes(testFilter)) {
+      const browser = await runBrowserSuite({ functionsUrl: env.FUNCTIONS_URL, anonKey: await anonKey() });
+      record("browser (web app in headless Chromium)", browser.passed, browser.failed, browser.output);
+    }
   } finally {
     await stripeStandIn.close();
     server.kill("SIGTERM");

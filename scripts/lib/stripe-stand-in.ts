@@ -1,6 +1,11 @@
 // A small local stand-in for the one Stripe API call the project makes: POST /v1/checkout/sessions
 // (form-encoded, honouring Idempotency-Key like Stripe). Used by the tests and by `npm start`, since
-// Stripe cannot be reached from these machines. It does not pretend to be Stripe beyond that.
+// Stripe cannot be reached from these machines. It does not pretend to be Stripe beyond that, except
+// for a bare checkout page at each session's `url` (GET /c/pay/<id>): "Pay" marks the session paid,
+// sends `checkout.session.completed` signed with the real `stripe` library to `webhookUrl` (when
+// given) and redirects to the session's success_url, as Stripe Checkout does; "Cancel" goes back.
+
+import Stripe from "stripe";
 
 export interface StandInSession {
   id: string;
@@ -11,8 +16,9 @@ export interface StandInSession {
   currency: string;
   client_reference_id: string | null;
   metadata: Record<string, string>;
-  payment_status: "unpaid";
-  status: "open";
+  payment_status: "unpaid" | "paid";
+  status: "open" | "complete";
+  payment_intent: string | null;
   success_url: string;
   cancel_url: string;
 }
@@ -38,12 +44,78 @@ export interface StripeStandIn {
   close: () => Promise<void>;
 }
 
-export function startStripeStandIn(port = 0): StripeStandIn {
+export interface StandInOptions {
+  port?: number;
+  /** Where "Pay" on the checkout page delivers checkout.session.completed (stripe-webhook). */
+  webhookUrl?: string;
+  webhookSecret?: string;
+}
+
+function escapeHtml(text: string): string {
+  return text.replace(/[&<>"']/g, (character) => `&#${character.charCodeAt(0)};`);
+}
+
+function checkoutPage(session: StandInSession): Response {
+  const amount = `${(session.amount_total / 100).toFixed(2)} ${session.currency.toUpperCase()}`;
+  const done = session.payment_status === "paid";
+  const html = `<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Checkout (local stand-in)</title>
+<style>body{font-family:system-ui,sans-serif;max-width:26rem;margin:2rem auto;padding:0 1rem}
+button,a.button{display:block;width:100%;min-height:52px;font-size:1.1rem;margin:.6rem 0;border-radius:10px;text-align:center}
+button{background:#635bff;color:#fff;border:0}a.button{line-height:52px;color:#333;border:1px solid #ccc;text-decoration:none}</style>
+</head><body><p>Local Stripe stand-in: no real payment.</p>
+<h1 id="amount">${escapeHtml(amount)}</h1><p>${escapeHtml(session.metadata.package_code || "")} ${escapeHtml(session.metadata.card_id || "")}</p>
+${done ? "<p>Already paid.</p>" : `<form method="post"><button type="submit" id="pay">Pay ${escapeHtml(amount)}</button></form>`}
+<a class="button" id="cancel" href="${escapeHtml(session.cancel_url)}">Cancel</a></body></html>`;
+  return new Response(html, { headers: { "content-type": "text/html; charset=utf-8" } });
+}
+
+export function startStripeStandIn(options: number | StandInOptions = 0): StripeStandIn {
+  const { port = 0, webhookUrl, webhookSecret = "whsec_local_development" } = typeof options === "number"
+    ? { port: options }
+    : options;
   const sessions = new Map<string, StandInSession>();
   const byIdempotencyKey = new Map<string, StandInSession>();
+  const signer = new Stripe("sk_test_stand_in", { httpClient: Stripe.createFetchHttpClient() });
+  const cryptoProvider = Stripe.createSubtleCryptoProvider();
   let created = 0;
+
+  async function pay(session: StandInSession): Promise<void> {
+    session.payment_status = "paid";
+    session.status = "complete";
+    session.payment_intent ??= `pi_test_${crypto.randomUUID().replaceAll("-", "")}`;
+    if (!webhookUrl) return;
+    const payload = JSON.stringify({
+      id: `evt_test_${crypto.randomUUID().replaceAll("-", "")}`,
+      object: "event",
+      api_version: "2025-01-01",
+      created: Math.floor(Date.now() / 1000),
+      livemode: false,
+      type: "checkout.session.completed",
+      data: { object: session },
+    });
+    const signature = await signer.webhooks.generateTestHeaderStringAsync({ payload, secret: webhookSecret, cryptoProvider });
+    const response = await fetch(webhookUrl, {
+      method: "POST",
+      headers: { "content-type": "application/json", "stripe-signature": signature },
+      body: payload,
+    });
+    await response.body?.cancel();
+    if (!response.ok) console.error(`[stripe stand-in] webhook answered ${response.status} for ${session.id}`);
+  }
+
   const server = Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, async (request) => {
     const url = new URL(request.url);
+    const page = /^\/c\/pay\/(cs_test_[a-z0-9]+)$/.exec(url.pathname);
+    if (page) {
+      const session = sessions.get(page[1]);
+      if (!session) return new Response("no such checkout session", { status: 404 });
+      if (request.method === "GET") return checkoutPage(session);
+      if (request.method === "POST") {
+        if (session.payment_status !== "paid") await pay(session);
+        return new Response(null, { status: 303, headers: { location: session.success_url } });
+      }
+    }
     if (request.method !== "POST" || url.pathname !== "/v1/checkout/sessions") {
       return Response.json({ error: { type: "invalid_request_error", message: "not supported by the stand-in" } }, {
         status: 404,
@@ -65,7 +137,7 @@ export function startStripeStandIn(port = 0): StripeStandIn {
     const session: StandInSession = {
       id,
       object: "checkout.session",
-      url: `https://checkout.stripe.test/c/pay/${id}`,
+      url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/c/pay/${id}`,
       mode: fields.get("mode") ?? "payment",
       amount_total: unitAmount * quantity,
       currency: fields.get("line_items[0][price_data][currency]") ?? "eur",
@@ -73,6 +145,7 @@ export function startStripeStandIn(port = 0): StripeStandIn {
       metadata: prefixed(fields, "metadata["),
       payment_status: "unpaid",
       status: "open",
+      payment_intent: null,
       success_url: fields.get("success_url") ?? "",
       cancel_url: fields.get("cancel_url") ?? "",
     };
