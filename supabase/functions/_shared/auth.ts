@@ -3,6 +3,7 @@
 // subject is passed to procedures, which decide what that user may do.
 
 import { createRemoteJWKSet, type JWTPayload, jwtVerify } from "jose";
+import { recordCaller } from "./caller.ts";
 import { HttpError } from "./errors.ts";
 
 export interface Caller {
@@ -65,7 +66,9 @@ export async function verifyToken(token: string): Promise<Caller> {
 
 /** The verified caller of a request, or a 401 HttpError. */
 export async function authenticate(request: Request): Promise<Caller> {
-  return await verifyToken(bearerToken(request));
+  const caller = await verifyToken(bearerToken(request));
+  recordCaller(caller.role, caller.subject);
+  return caller;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
