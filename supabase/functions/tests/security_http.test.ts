@@ -191,3 +191,18 @@ Deno.test("cup returns: ten cards racing to return the festival's last cup, exac
     await sql.end();
   }
 });
+
+Deno.test("user tokens: a token signed with the project's secret but not for aud=authenticated is not a user session", async () => {
+  const { signToken } = await import("../../../scripts/lib/tokens.ts");
+  const otherAudience = await signToken({ sub: BARTENDER, role: "authenticated", aud: "some-other-service" });
+  const noAudience = await signToken({ sub: BARTENDER, role: "authenticated" });
+  for (const token of [otherAudience, noAudience]) {
+    const response = await call("process-bar-order", {
+      method: "POST",
+      token,
+      json: { card_id: "DEMO-0051", items: [{ product_id: "water", quantity: 1 }], point_of_sale_id: "main-bar", client_request_id: uniqueKey("aud") },
+    });
+    assert.equal(response.status, 403);
+    assert.equal(errorCode(response.body), "forbidden");
+  }
+});
