@@ -8,7 +8,7 @@
 -- And a reconciled ledger afterwards. Every card and user here is new, so the seed does not matter.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(38);
+select plan(40);
 
 -- ---------------------------------------------------------------------------------------------
 -- Helpers, cards and users (temporary, gone with the transaction)
@@ -137,8 +137,19 @@ select is(
   'card maximum, checkpoint: MAXI on a card at 39000 fills it to exactly the maximum'
 );
 
+-- The online session on cards of its own (EDGE-0007 at 40000, EDGE-0008 at 39000), so that it does
+-- not depend on what the checkpoint did above.
+insert into responses select 'fill-7a', pg_temp.cash_recharge('EDGE-0007', 25000, 'edge-fill-7a');
+insert into responses select 'fill-7b', pg_temp.cash_recharge('EDGE-0007', 15000, 'edge-fill-7b');
+insert into responses select 'fill-8a', pg_temp.cash_recharge('EDGE-0008', 25000, 'edge-fill-8a');
+insert into responses select 'fill-8b', pg_temp.cash_recharge('EDGE-0008', 14000, 'edge-fill-8b');
+select is(
+  array[pg_temp.card_balance('EDGE-0007'), pg_temp.card_balance('EDGE-0008')],
+  array[40000, 39000]::bigint[],
+  'setup: EDGE-0007 holds 40000, EDGE-0008 holds 39000'
+);
 insert into responses
-select 'prepare-maxi-over', public.sp_prepare_online_recharge('EDGE-0001', null, 'MAXI', 'edge-prepare-maxi-over');
+select 'prepare-maxi-over', public.sp_prepare_online_recharge('EDGE-0007', null, 'MAXI', 'edge-prepare-maxi-over');
 select is(
   pg_temp.failure(pg_temp.response('prepare-maxi-over')),
   '{"ok": false, "replayed": false, "code": "limit_exceeded", "amount_cents": 10000, "bonus_cents": 1000,
@@ -148,6 +159,13 @@ select is(
 select ok(
   not exists (select 1 from festival.recharges where client_request_id = 'edge-prepare-maxi-over'),
   'card maximum, online session: the refused session writes no pending recharge'
+);
+insert into responses
+select 'prepare-maxi-fits', public.sp_prepare_online_recharge('EDGE-0008', null, 'MAXI', 'edge-prepare-maxi-fits');
+select is(
+  pg_temp.pick(pg_temp.response('prepare-maxi-fits'), array['ok', 'amount_cents', 'bonus_cents', 'status']),
+  '{"ok": true, "amount_cents": 10000, "bonus_cents": 1000, "status": "pending"}'::jsonb,
+  'card maximum, online session: MAXI on a card at 39000 (exactly the maximum with the bonus) is a pending session'
 );
 
 -- Crediting: EDGE-0003 at 39000 prepares MAXI (it fits then), then receives 1000 at a checkpoint
