@@ -15,7 +15,7 @@ import {
   reconcileDiscrepancies,
   withBenchCluster,
 } from "./lib/bench.ts";
-import { psql } from "./lib/cluster.ts";
+import { edgeFunctionsDatabaseUrl, psql } from "./lib/cluster.ts";
 import { freePort, log, REPO_ROOT, waitForHttp } from "./lib/process.ts";
 import { DEMO_STAFF, LOCAL_JWT_SECRET, userToken } from "./lib/tokens.ts";
 
@@ -89,6 +89,7 @@ await withBenchCluster(async (cluster, url) => {
     args: ["run", "--allow-all", `${REPO_ROOT}/scripts/functions-server.ts`],
     env: {
       SUPABASE_DB_URL: url,
+      DB_URL: edgeFunctionsDatabaseUrl(cluster),
       SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
       FUNCTIONS_PORT: String(port),
       DB_POOL_MAX: String(connections),

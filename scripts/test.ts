@@ -8,6 +8,7 @@ import {
   connectionArguments,
   databaseUrl,
   DB_PASSWORD,
+  edgeFunctionsDatabaseUrl,
   initCluster,
   startCluster,
   stopCluster,
@@ -77,6 +78,8 @@ async function runDenoTests(cluster: Cluster): Promise<void> {
   });
   const env = {
     SUPABASE_DB_URL: databaseUrl(cluster),
+    // The functions connect as their own role, which may only execute the public procedures.
+    DB_URL: edgeFunctionsDatabaseUrl(cluster),
     SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
     SUPABASE_URL: `http://127.0.0.1:${functionsPort}`,
     FUNCTIONS_PORT: String(functionsPort),

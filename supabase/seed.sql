@@ -53,3 +53,6 @@ insert into festival.topup_packages (code, name, price_cents, bonus_cents) value
   ('MINI', 'Mini', 2000, 0),
   ('MIDI', 'Midi', 5000, 250),
   ('MAXI', 'Maxi', 10000, 1000);
+
+-- Demo card DEMO-NNNN has the PIN NNNN (printed on real cards; registration gives random ones).
+update festival.cards set pin_hash = festival.hash_card_pin(substr(id, 6)) where id like 'DEMO-%';

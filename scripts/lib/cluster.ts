@@ -16,6 +16,17 @@ export function databaseUrl(cluster: Cluster, database = "postgres"): string {
   return `postgresql://postgres:${DB_PASSWORD}@127.0.0.1:${cluster.port}/${database}?sslmode=disable`;
 }
 
+/**
+ * The local password of `edge_functions`, the login role the functions connect with (it may only
+ * execute the public procedures). Public like the local JWT secret: a hosted project sets its own.
+ */
+export const EDGE_FUNCTIONS_PASSWORD = "edge-functions-local";
+
+/** How the edge functions reach the database: as `edge_functions`, never as the owner. */
+export function edgeFunctionsDatabaseUrl(cluster: Cluster): string {
+  return `postgresql://edge_functions:${EDGE_FUNCTIONS_PASSWORD}@127.0.0.1:${cluster.port}/postgres?sslmode=disable`;
+}
+
 async function exists(path: string): Promise<boolean> {
   try {
     await Deno.stat(path);
@@ -147,6 +158,9 @@ export async function applyMigrations(url: string): Promise<void> {
   await run(SUPABASE_CLI, ["migration", "up", "--yes", `--remote=${url}`], {
     env: { SUPABASE_TELEMETRY_DISABLED: "1", DO_NOT_TRACK: "1" },
   });
+  // The migrations create the functions' role without a password; locally it gets a known one
+  // (on a hosted project an operator sets a secret one, see the README).
+  await psql(url, `alter role edge_functions with login password '${EDGE_FUNCTIONS_PASSWORD}'`);
 }
 
 export function loadSeed(url: string): Promise<void> {

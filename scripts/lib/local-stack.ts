@@ -1,7 +1,7 @@
 // The persistent local stack of `npm start` and `npm run db:reset`: ports and paths of DESIGN §10.
 
 import { anonKey, LOCAL_JWT_SECRET, serviceRoleKey } from "./tokens.ts";
-import { type Cluster, databaseUrl } from "./cluster.ts";
+import { type Cluster, databaseUrl, edgeFunctionsDatabaseUrl } from "./cluster.ts";
 import { REPO_ROOT } from "./process.ts";
 
 export const LOCAL_DB_PORT = 54322;
@@ -31,6 +31,8 @@ export async function functionsEnvironment(
   return {
     ...stripe,
     SUPABASE_DB_URL: databaseUrl(cluster),
+    // What the functions use (DB_URL wins over SUPABASE_DB_URL): their own restricted role.
+    DB_URL: edgeFunctionsDatabaseUrl(cluster),
     SUPABASE_URL: `http://127.0.0.1:${functionsPort}`,
     SUPABASE_JWT_SECRET: Deno.env.get("SUPABASE_JWT_SECRET") ?? LOCAL_JWT_SECRET,
     SUPABASE_ANON_KEY: await anonKey(),

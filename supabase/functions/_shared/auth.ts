@@ -3,6 +3,7 @@
 // subject is passed to procedures, which decide what that user may do.
 
 import { createRemoteJWKSet, type JWTPayload, jwtVerify } from "jose";
+import { recordCaller } from "./caller.ts";
 import { HttpError } from "./errors.ts";
 
 export interface Caller {
@@ -65,17 +66,44 @@ export async function verifyToken(token: string): Promise<Caller> {
 
 /** The verified caller of a request, or a 401 HttpError. */
 export async function authenticate(request: Request): Promise<Caller> {
-  return await verifyToken(bearerToken(request));
+  const caller = await verifyToken(bearerToken(request));
+  recordCaller(caller.role, caller.subject);
+  return caller;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+/**
+ * Supabase Auth issues user sessions with `aud` = "authenticated". A token signed with the same
+ * secret for another audience (another service sharing the project's keys) is not a user session.
+ */
+function hasUserAudience(claims: JWTPayload): boolean {
+  const audience = claims.aud;
+  return audience === "authenticated" || (Array.isArray(audience) && audience.includes("authenticated"));
+}
+
 /** The caller as a signed-in user (a staff member or practitioner), or a 403 HttpError. */
 export function requireUser(caller: Caller): Caller & { subject: string } {
-  if (caller.role !== "authenticated" || !caller.subject || !UUID.test(caller.subject)) {
+  if (
+    caller.role !== "authenticated" || !caller.subject || !UUID.test(caller.subject) || !hasUserAudience(caller.claims)
+  ) {
     throw new HttpError("forbidden", "this endpoint needs a signed-in user's token");
   }
   return caller as Caller & { subject: string };
+}
+
+/**
+ * The caller as a practitioner of the credits platform: a signed-in user who is not an anonymous
+ * sign-in (Supabase's `is_anonymous` claim: anyone can get one, so it must never hold or move
+ * credits). Festival staff are refused by the credits procedures, since only the database knows
+ * who is staff.
+ */
+export function requireCreditsUser(caller: Caller): Caller & { subject: string } {
+  const user = requireUser(caller);
+  if (caller.claims.is_anonymous === true) {
+    throw new HttpError("forbidden", "anonymous sign-ins cannot use credits");
+  }
+  return user;
 }
 
 /** A signed-in user: a token with a user id as subject. */

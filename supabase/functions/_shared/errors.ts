@@ -10,6 +10,9 @@ export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
   missing_token: 401,
   invalid_token: 401,
   forbidden: 403,
+  // The PIN printed on a card, for reading it with the public anon key.
+  invalid_pin: 401,
+  pin_locked: 429,
   // Things that do not exist.
   not_found: 404,
   card_not_found: 404,
@@ -21,7 +24,13 @@ export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
   method_not_allowed: 405,
   insufficient_funds: 402,
   card_blocked: 423,
+  card_replaced: 423,
   price_mismatch: 409,
+  no_deposit_outstanding: 409,
+  order_already_cancelled: 409,
+  register_not_open: 409,
+  register_already_open: 409,
+  cancel_window_passed: 422,
   duplicate_tap_suspected: 409,
   idempotency_key_in_use: 409,
   idempotency_key_reused: 422,

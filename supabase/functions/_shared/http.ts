@@ -2,13 +2,15 @@
 // one JSON log line per request, and the mapping of thrown errors to responses.
 
 import { errorBody, HttpError, isInvalidArgumentSqlState, type OutcomeBody, statusForOutcome } from "./errors.ts";
+import { withRequestCaller } from "./caller.ts";
 import { DatabaseUnavailableError, ProcedureError } from "./rpc.ts";
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
 export const CORS_HEADERS: Readonly<Record<string, string>> = {
   "access-control-allow-origin": Deno.env.get("CORS_ALLOWED_ORIGIN") ?? "*",
-  "access-control-allow-headers": "authorization, x-client-info, apikey, content-type, idempotency-key, x-request-id, x-card-pin",
+  "access-control-allow-headers":
+    "authorization, x-client-info, apikey, content-type, idempotency-key, x-request-id, x-card-pin",
   "access-control-allow-methods": "GET, POST, OPTIONS",
   "access-control-expose-headers": "x-request-id",
   "access-control-max-age": "86400",
@@ -117,7 +119,7 @@ export function serveFunction(options: FunctionOptions, handle: FunctionHandler)
       );
     } else {
       try {
-        response = await handle(context);
+        response = await withRequestCaller(() => handle(context));
       } catch (error) {
         response = errorResponse(context, error);
       }

@@ -3,6 +3,7 @@
 // hop shorter. `prepare: false` because hosted projects sit behind the transaction pooler.
 
 import postgres from "postgres";
+import { currentCallerScope } from "./caller.ts";
 
 export type ProcedureArguments = Record<string, string | number | boolean | null | object | undefined>;
 export type ProcedureResult = Record<string, unknown>;
@@ -52,6 +53,8 @@ const CONNECTION_ERROR_CODES = new Set([
 export interface CallContext {
   functionName?: string;
   requestId?: string;
+  /** Scopes idempotency keys (`user:<id>`, `anon`, `service`); defaults to the request's verified caller. */
+  caller?: string;
 }
 
 /**
@@ -74,8 +77,14 @@ export function buildCall(
   return {
     text: `select public.${procedure}(${placeholders}) as result from (select ` +
       `set_config('app.edge_function', $${contextStart}, true), ` +
-      `set_config('app.request_id', $${contextStart + 1}, true)) as call_context`,
-    values: [...names.map((name) => args[name]), context.functionName ?? "", context.requestId ?? ""],
+      `set_config('app.request_id', $${contextStart + 1}, true), ` +
+      `set_config('app.caller', $${contextStart + 2}, true)) as call_context`,
+    values: [
+      ...names.map((name) => args[name]),
+      context.functionName ?? "",
+      context.requestId ?? "",
+      context.caller ?? currentCallerScope() ?? "",
+    ],
   };
 }
 

@@ -28,6 +28,39 @@ export function freeText(maxLength: number) {
 }
 export const amountCents = z.number().int().positive().max(MAX_AMOUNT_CENTS);
 
+const LOCAL_CHECKOUT_ORIGINS = "http://127.0.0.1,http://localhost";
+
+/**
+ * Where Stripe Checkout may send the payer back: `CHECKOUT_ALLOWED_ORIGINS`, comma-separated
+ * origins (`https://pay.example.org`). An entry without a port allows any port of that scheme and
+ * host (the local default, `http://127.0.0.1,http://localhost`, covers every local dev server).
+ * Without the list an attacker could make our checkout page send a payer to a look-alike site.
+ */
+export function checkoutAllowedOrigins(): URL[] {
+  const configured = Deno.env.get("CHECKOUT_ALLOWED_ORIGINS") ?? LOCAL_CHECKOUT_ORIGINS;
+  return configured.split(",").map((origin) => origin.trim()).filter((origin) => origin !== "")
+    .map((origin) => new URL(origin));
+}
+
+export function isAllowedReturnUrl(value: string, allowed: URL[] = checkoutAllowedOrigins()): boolean {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return false;
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") return false;
+  return allowed.some((origin) =>
+    origin.protocol === url.protocol && origin.hostname === url.hostname && (origin.port === "" || origin.port === url.port)
+  );
+}
+
+/** success_url / cancel_url of a Checkout session: an absolute URL on an allowed origin. */
+export const checkoutReturnUrl = z.string().max(2048).refine(
+  (value) => isAllowedReturnUrl(value),
+  "an absolute http(s) URL on an origin listed in CHECKOUT_ALLOWED_ORIGINS",
+);
+
 export interface FieldProblem {
   path: string;
   message: string;

@@ -135,7 +135,15 @@ Deno.test("concurrency: 10 s of mixed recharges, orders and returns from 16 conn
 
     await Promise.all(Array.from({ length: connections }, (_, index) => worker(index)));
     assert.deepEqual(unexpected, [], "no deadlock, serialization failure or other error");
-    const businessOutcomes = new Set(["recharge_ok", "order_ok", "insufficient_funds", "limit_exceeded"]);
+    // A return is refused while the festival holds no deposit for it; a card also has an hourly
+    // return limit (limit_exceeded).
+    const businessOutcomes = new Set([
+      "recharge_ok",
+      "order_ok",
+      "insufficient_funds",
+      "limit_exceeded",
+      "no_deposit_outstanding",
+    ]);
     for (const label of outcomes.keys()) assert.ok(businessOutcomes.has(label), `unexpected outcome ${label}`);
     assert.ok((outcomes.get("order_ok") ?? 0) > 50, `too few orders: ${JSON.stringify([...outcomes])}`);
     assert.ok((outcomes.get("recharge_ok") ?? 0) > 10, `too few recharges: ${JSON.stringify([...outcomes])}`);
@@ -149,6 +157,13 @@ Deno.test("concurrency: 10 s of mixed recharges, orders and returns from 16 conn
       assert.equal(balance, recharged - sold, `${cardId}: balance equals recharges minus net sales`);
       assert.equal(balance, expectedBalance.get(cardId), `${cardId}: balance equals the sum of the responses`);
     }
+    const [deposits] = await sql`
+      select
+        (select sum(held_cents)::bigint from festival.deposits_outstanding) as outstanding,
+        (select sum(balance_cents)::bigint from ledger.account_balances where system_purpose = 'deposits_held') as held,
+        (select count(*)::int from festival.deposits_outstanding where held_cents < 0) as negative`;
+    assert.equal(deposits.outstanding, deposits.held, "the deposit counter equals the deposits-held accounts");
+    assert.equal(deposits.negative, 0, "no shard of the deposits held ever goes below zero");
   } finally {
     await client.end();
     await sql.end();

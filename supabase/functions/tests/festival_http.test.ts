@@ -374,8 +374,8 @@ Deno.test("idempotency: the Idempotency-Key header works alone and equal to the 
   assert.equal(both.body.replayed, true);
 });
 
-Deno.test("card-balance: anon key reads status, balance and movements with bar and checkpoint names", async () => {
-  const response = await call(`card-balance?card_id=${fundedCard}`, { token: tokens.anon });
+Deno.test("card-balance: staff read status, balance and movements with bar and checkpoint names", async () => {
+  const response = await call(`card-balance?card_id=${fundedCard}`, { token: tokens.bartender });
   assert.equal(response.status, 200);
   assert.equal(response.body.status, "active");
   assert.equal(typeof response.body.balance_cents, "number");

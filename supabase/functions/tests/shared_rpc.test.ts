@@ -6,10 +6,12 @@ Deno.test("rpc: builds a named-argument call and skips undefined arguments", () 
   const { text, values } = buildCall("sp_example", { card_id: "DEMO-0001", amount_cents: 500, note: undefined }, {
     functionName: "process-bar-order",
     requestId: "r-1",
+    caller: "user:00000000-0000-4000-8000-00000000b001",
   });
   assert.match(text, /^select public\.sp_example\(card_id => \$1, amount_cents => \$2\) as result from /);
   assert.match(text, /set_config\('app\.edge_function', \$3, true\), set_config\('app\.request_id', \$4, true\)/);
-  assert.deepEqual(values, ["DEMO-0001", 500, "process-bar-order", "r-1"]);
+  assert.match(text, /set_config\('app\.caller', \$5, true\)/);
+  assert.deepEqual(values, ["DEMO-0001", 500, "process-bar-order", "r-1", "user:00000000-0000-4000-8000-00000000b001"]);
 });
 
 Deno.test("rpc: the call context reaches the attempt log", async () => {

@@ -3,7 +3,7 @@
 -- sold to or recharged.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(87);
+select plan(89);
 
 -- Seeded staff (DESIGN §10).
 create function pg_temp.admin() returns uuid language sql immutable as $$ select '00000000-0000-4000-8000-00000000a001'::uuid $$;
@@ -38,9 +38,21 @@ select 'register', 'reg-1', public.sp_admin_register_cards(
   array['TEST-0002', 'TEST-0001', 'DEMO-0001', 'TEST-0001'], pg_temp.admin(), 'reg-1', 'test batch');
 
 select is(
-  pg_temp.response('register'),
+  pg_temp.response('register') - 'pins',
   '{"ok": true, "replayed": false, "registered": ["TEST-0001", "TEST-0002"], "already_registered": ["DEMO-0001"]}'::jsonb,
   'register: new ids are registered once, existing ids are reported as already registered'
+);
+select is(
+  (select array_agg(card_id order by card_id) from jsonb_each_text(pg_temp.response('register') -> 'pins') as pin(card_id, value)
+   where value ~ '^[0-9]{6}$'),
+  array['TEST-0001', 'TEST-0002'],
+  'register: each new card gets a random 6-digit PIN, answered once to be printed on it'
+);
+select is(
+  (select count(*) from festival.cards c, jsonb_each_text(pg_temp.response('register') -> 'pins') as pin(card_id, value)
+   where c.id = pin.card_id and c.pin_hash <> pin.value and extensions.crypt(pin.value, c.pin_hash) = c.pin_hash),
+  2::bigint,
+  'register: only a salted hash of each PIN is stored, and it verifies the PIN'
 );
 select results_eq(
   $$
