@@ -8,9 +8,14 @@ import { DEMO_STAFF, userToken } from "./tokens.ts";
 export const LOCAL_WEB_PORT = 54323;
 export const WEB_DIR = `${REPO_ROOT}/web`;
 const VITE = `${WEB_DIR}/node_modules/vite/bin/vite.js`;
+const TSC = `${WEB_DIR}/node_modules/typescript/bin/tsc`;
 
-/** Builds web/ into `outDir` with the functions URL and anon key baked in (Vite env variables). */
+/**
+ * Type-checks web/ (Vite itself does not) and builds it into `outDir` with the functions URL and
+ * anon key baked in (Vite env variables).
+ */
 export async function buildWeb(options: { supabaseUrl: string; anonKey: string; outDir: string }): Promise<void> {
+  await run("node", [TSC, "-p", "."], { cwd: WEB_DIR });
   await run("node", [VITE, "build", "--logLevel", "warn"], {
     cwd: WEB_DIR,
     env: {

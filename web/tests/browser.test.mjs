@@ -111,14 +111,14 @@ async function readCardAtPos(page, cardId) {
 }
 
 /** Writes <name>-tablet.png and <name>-phone.png of the page as it is now. */
-async function screenshots(page, name) {
+async function screenshots(page, name, { fullPage = true } = {}) {
   if (!SCREENSHOT_DIR) return;
   await mkdir(SCREENSHOT_DIR, { recursive: true });
   const original = page.viewport();
   for (const [label, viewport] of [["tablet", TABLET], ["phone", PHONE]]) {
     await page.setViewport(viewport);
     await new Promise((resolve) => setTimeout(resolve, 150));
-    await page.screenshot({ path: `${SCREENSHOT_DIR}/${name}-${label}.png`, fullPage: true });
+    await page.screenshot({ path: `${SCREENSHOT_DIR}/${name}-${label}.png`, fullPage });
   }
   await page.setViewport(original);
 }
@@ -208,7 +208,7 @@ test("pos: the duplicate-tap dialog charges again only when confirmed", async ()
   await readCardAtPos(page, cardId);
   await page.waitForSelector('[data-testid="duplicate-dialog"]', { visible: true });
   assert.equal(await balance(cardId), 4550, "nothing moves while the dialog asks");
-  await screenshots(page, "pos-duplicate-tap");
+  await screenshots(page, "pos-duplicate-tap", { fullPage: false });
   await page.click('[data-testid="duplicate-confirm"]');
   await waitForCents(page, '[data-testid="new-balance"]', 4100);
   assert.equal(await balance(cardId), 4100);
