@@ -57,7 +57,7 @@ begin
 end;
 $$;
 revoke execute on function public.sp_menu(text, uuid) from public, anon, authenticated;
-grant execute on function public.sp_menu(text, uuid) to service_role;
+grant execute on function public.sp_menu(text, uuid) to service_role, edge_functions;
 
 /** Active top-up packages (price and bonus in cents), cheapest first. Public facts: no caller check. */
 create function public.sp_topup_packages()
@@ -83,4 +83,4 @@ begin
 end;
 $$;
 revoke execute on function public.sp_topup_packages() from public, anon, authenticated;
-grant execute on function public.sp_topup_packages() to service_role;
+grant execute on function public.sp_topup_packages() to service_role, edge_functions;

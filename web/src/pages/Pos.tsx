@@ -209,8 +209,9 @@ export function PosPage() {
       <section className="panel menu" aria-labelledby="menu-title">
         <form className="inline" onSubmit={(event) => {
           event.preventDefault();
-          setBarId(barInput.trim());
-          void loadMenu(barInput.trim());
+          // A new bar loads through the effect on barId; the same bar is loaded again here.
+          if (barInput.trim() === barId) void loadMenu(barId);
+          else setBarId(barInput.trim());
         }}>
           <label>{t("bar")} <input value={barInput} onChange={(event) => setBarInput(event.target.value)} data-testid="bar-id" /></label>
           <button type="submit" className="small">{t("loadMenu")}</button>
