@@ -337,7 +337,7 @@ begin
 end;
 $$;
 revoke execute on function public.lock_credits(uuid, uuid, bigint, text, text) from public, anon, authenticated;
-grant execute on function public.lock_credits(uuid, uuid, bigint, text, text) to service_role;
+grant execute on function public.lock_credits(uuid, uuid, bigint, text, text) to service_role, edge_functions;
 
 create function credits.execute_accept(p_client_user_id uuid, p_order_id text, p_provider_id uuid) returns jsonb
 language plpgsql
@@ -415,7 +415,7 @@ begin
 end;
 $$;
 revoke execute on function public.accept_credit_order(uuid, text, uuid, text) from public, anon, authenticated;
-grant execute on function public.accept_credit_order(uuid, text, uuid, text) to service_role;
+grant execute on function public.accept_credit_order(uuid, text, uuid, text) to service_role, edge_functions;
 
 /**
  * Releases a hold to `p_recipient` (the client on unlock, the named provider on payout): one
@@ -543,7 +543,7 @@ begin
 end;
 $$;
 revoke execute on function public.unlock_credits(uuid, text, uuid, text) from public, anon, authenticated;
-grant execute on function public.unlock_credits(uuid, text, uuid, text) to service_role;
+grant execute on function public.unlock_credits(uuid, text, uuid, text) to service_role, edge_functions;
 
 create function credits.execute_payout(
   p_client_user_id uuid, p_order_id text, p_actor_user_id uuid, p_client_request_id text)
@@ -621,7 +621,7 @@ begin
 end;
 $$;
 revoke execute on function public.payout_to_provider(uuid, text, text, uuid) from public, anon, authenticated;
-grant execute on function public.payout_to_provider(uuid, text, text, uuid) to service_role;
+grant execute on function public.payout_to_provider(uuid, text, text, uuid) to service_role, edge_functions;
 
 -- ---------------------------------------------------------------------------------------------
 -- Reading a balance: staff and anonymous sign-ins have none to read
@@ -679,4 +679,4 @@ begin
 end;
 $$;
 revoke execute on function public.credits_balance(uuid, integer) from public, anon, authenticated;
-grant execute on function public.credits_balance(uuid, integer) to service_role;
+grant execute on function public.credits_balance(uuid, integer) to service_role, edge_functions;

@@ -396,9 +396,9 @@ select ok(
   'setup: two clients hold 50 credits each'
 );
 insert into responses
-select 'lock-exact', public.lock_credits(pg_temp.exact_locker(), 50, 'edge-order-exact', 'edge-lock-exact');
+select 'lock-exact', public.lock_credits(pg_temp.exact_locker(), pg_temp.treating(), 50, 'edge-order-exact', 'edge-lock-exact');
 insert into responses
-select 'lock-short', public.lock_credits(pg_temp.short_locker(), 51, 'edge-order-short', 'edge-lock-short');
+select 'lock-short', public.lock_credits(pg_temp.short_locker(), pg_temp.treating(), 51, 'edge-order-short', 'edge-lock-short');
 select is(
   pg_temp.pick(pg_temp.response('lock-exact'),
     array['ok', 'status', 'amount_credits', 'balance_before_credits', 'balance_after_credits']),
