@@ -4,6 +4,7 @@
 // payment for a card that does not exist yet (404), a database that is down (503).
 
 import { z } from "zod";
+import { recordCallerScope } from "../_shared/caller.ts";
 import { errorBody, isInvalidArgumentSqlState } from "../_shared/errors.ts";
 import { jsonResponse, readRawBody, type RequestContext, serveFunction } from "../_shared/http.ts";
 import { ProcedureError, type ProcedureResult, rpc, type RpcCall } from "../_shared/rpc.ts";
@@ -278,6 +279,8 @@ export function createStripeWebhookHandler(call: RpcCall): (request: Request) =>
         context.requestId,
       );
     }
+    // Stripe, proven by the signature, is the caller: its event ids are its keys.
+    recordCallerScope("stripe");
     try {
       return await dispatch(context, call, event);
     } catch (error) {
