@@ -53,3 +53,9 @@ insert into festival.topup_packages (code, name, price_cents, bonus_cents) value
   ('MINI', 'Mini', 2000, 0),
   ('MIDI', 'Midi', 5000, 250),
   ('MAXI', 'Maxi', 10000, 1000);
+
+-- Credit packages (practitioner credits): the only thing a credit purchase can buy.
+insert into credits.credit_packages (code, credits, price_cents, currency) values
+  ('CREDITS-10', 10, 1000, 'EUR'),
+  ('CREDITS-50', 50, 4500, 'EUR'),
+  ('CREDITS-100', 100, 8000, 'EUR');
