@@ -311,6 +311,7 @@ declare
   v_balance bigint;
   v_operation_id bigint;
   v_pending_refund festival.stripe_refunds_pending;
+  v_pending_dispute festival.stripe_disputes_pending;
   v_result jsonb;
 begin
   -- Same locks, same order as card recharges: the session, then the payment (refunds take it too).
@@ -388,13 +389,20 @@ begin
     'amount_cents', p_amount_cents,
     'balance_before_credits', v_balance,
     'balance_after_credits', v_balance + v_purchase.credits);
-  -- A refund that arrived before this credit is applied now.
+  -- A refund or a dispute that arrived before this credit (parked by the card procedures, which
+  -- could not know the payment yet) is applied now.
   if p_payment_intent_id is not null then
     delete from festival.stripe_refunds_pending where stripe_payment_intent_id = p_payment_intent_id
     returning * into v_pending_refund;
     if v_pending_refund.stripe_payment_intent_id is not null then
       v_result := v_result || jsonb_build_object('refund', credits.apply_purchase_refund_total(
         p_session_id, v_pending_refund.amount_refunded_cents, v_pending_refund.last_event_id, null));
+    end if;
+    delete from festival.stripe_disputes_pending where stripe_payment_intent_id = p_payment_intent_id
+    returning * into v_pending_dispute;
+    if v_pending_dispute.stripe_payment_intent_id is not null then
+      v_result := v_result || jsonb_build_object('dispute', credits.hold_for_dispute(v_purchase.id,
+        v_pending_dispute.stripe_dispute_id, v_pending_dispute.amount_cents, null, v_pending_dispute.last_event_id));
     end if;
   end if;
   return v_result;
@@ -485,6 +493,9 @@ declare
   v_plan credits.plans;
   v_covering credits.allocations;
   v_unmatched_id text;
+  v_parked_cents bigint;
+  v_parked_currency text;
+  v_parked_event_id text;
 begin
   perform credits.require_user_id(sp_process_subscription_invoice.user_id, 'user_id');
   perform credits.require_text_id(sp_process_subscription_invoice.stripe_price_id, 'stripe_price_id');
@@ -501,6 +512,9 @@ begin
     -- Invoices of one subscription are decided one after another, so the overlap check below sees
     -- an allocation committed meanwhile for another period start.
     perform pg_advisory_xact_lock(hashtextextended('credits.subscription:' || sp_process_subscription_invoice.subscription_id, 0));
+    -- Then the payment, like refunds: a refund of this invoice is either parked before or sees it after.
+    perform pg_advisory_xact_lock(hashtextextended('stripe-intent:' || coalesce(sp_process_subscription_invoice.stripe_payment_intent_id,
+      sp_process_subscription_invoice.stripe_invoice_id), 20261122));
     select * into v_plan from credits.plans p
     where p.stripe_price_id = sp_process_subscription_invoice.stripe_price_id and p.active;
     select * into v_covering from credits.allocations a
@@ -542,6 +556,31 @@ begin
           sp_process_subscription_invoice.subscription_id, sp_process_subscription_invoice.period_start,
           sp_process_subscription_invoice.user_id, v_plan.monthly_credits, sp_process_subscription_invoice.amount_paid_cents,
           upper(sp_process_subscription_invoice.currency));
+        -- A refund that arrived before this allocation (parked here, or by the card refund procedure
+        -- when the charge did not name its invoice) is applied now.
+        with pending as (
+          delete from credits.invoice_refunds_pending r
+          where r.stripe_invoice_id = sp_process_subscription_invoice.stripe_invoice_id
+          returning r.amount_refunded_cents, r.currency, r.last_event_id
+        )
+        select greatest(max(pending.amount_refunded_cents), 0), max(pending.currency), max(pending.last_event_id)
+        into v_parked_cents, v_parked_currency, v_parked_event_id
+        from pending;
+        if sp_process_subscription_invoice.stripe_payment_intent_id is not null then
+          with pending as (
+            delete from festival.stripe_refunds_pending r
+            where r.stripe_payment_intent_id = sp_process_subscription_invoice.stripe_payment_intent_id
+            returning r.amount_refunded_cents, r.currency, r.last_event_id
+          )
+          select greatest(v_parked_cents, max(pending.amount_refunded_cents)), coalesce(v_parked_currency, max(pending.currency)),
+            coalesce(v_parked_event_id, max(pending.last_event_id))
+          into v_parked_cents, v_parked_currency, v_parked_event_id
+          from pending;
+        end if;
+        if v_parked_cents > 0 then
+          v_result := v_result || jsonb_build_object('refund', credits.apply_invoice_refund_total(
+            sp_process_subscription_invoice.stripe_invoice_id, v_parked_cents, v_parked_currency, v_parked_event_id, null));
+        end if;
       end if;
       update credits.unmatched_payments set resolved_at = now()
       where stripe_object_id = v_unmatched_id and resolved_at is null;
@@ -560,11 +599,107 @@ grant execute on function public.sp_process_subscription_invoice(uuid, text, tex
   text, text, text) to service_role;
 
 /**
- * charge.refunded of a subscription invoice: the period's credits in proportion to the money
- * refunded (Stripe's running total; all of them at a full refund), computed in numeric, never
- * below zero; what the balance cannot cover is a receivable and an alert. A charge that is not
- * one of our allocated invoices answers `not_a_subscription_invoice` and records nothing, so the
- * festival's refund procedure can take the same event next.
+ * Refunds of an invoice's charge seen before the invoice allocated its period (Stripe does not
+ * promise order, and an invoice with an unknown price is retried for hours): applied right after
+ * the allocation.
+ */
+create table credits.invoice_refunds_pending (
+  stripe_invoice_id text primary key,
+  stripe_payment_intent_id text,
+  amount_refunded_cents bigint not null check (amount_refunded_cents > 0),
+  currency text not null,
+  last_event_id text not null,
+  updated_at timestamptz not null default now()
+);
+alter table credits.invoice_refunds_pending enable row level security;
+
+/**
+ * Takes back an allocated period's credits up to Stripe's running refund total: in proportion to
+ * the money refunded (all of them at a full refund), computed in numeric, never below zero; what
+ * the balance cannot cover is a receivable and an alert. The caller holds the payment's advisory lock.
+ */
+create function credits.apply_invoice_refund_total(
+  p_invoice_id text, p_refunded_total_cents bigint, p_currency text, p_event_id text, p_charge_id text)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_payment credits.allocation_payments;
+  v_refunded_cents bigint;
+  v_reverse_total bigint;
+  v_reverse bigint;
+  v_account_id bigint;
+  v_balance bigint;
+  v_taken bigint;
+  v_owed bigint;
+  v_operation_id bigint;
+begin
+  select * into v_payment from credits.allocation_payments where stripe_invoice_id = p_invoice_id for update;
+  if upper(p_currency) <> v_payment.currency then
+    insert into ops.alerts (kind, severity, user_id, stripe_object_id, details)
+    values ('payment_mismatch', 'critical', v_payment.user_id, coalesce(p_charge_id, p_invoice_id),
+      jsonb_build_object('refund_currency', upper(p_currency), 'stripe_invoice_id', p_invoice_id));
+    return ledger.error_result('payment_mismatch', 'refund in another currency than the invoice',
+      jsonb_build_object('stripe_invoice_id', p_invoice_id));
+  end if;
+  v_refunded_cents := least(p_refunded_total_cents, v_payment.amount_paid_cents);
+  if v_refunded_cents <= v_payment.refunded_cents then
+    return jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_already_applied',
+      'stripe_invoice_id', p_invoice_id, 'refunded_cents', v_payment.refunded_cents);
+  end if;
+  v_reverse_total := case when v_refunded_cents = v_payment.amount_paid_cents then v_payment.credits
+    else floor(v_payment.credits::numeric * v_refunded_cents / v_payment.amount_paid_cents)::bigint end;
+  v_reverse := v_reverse_total - v_payment.credits_reversed;
+  v_account_id := credits.ensure_user_account(v_payment.user_id);
+  perform credits.lock_accounts(array[v_account_id]);
+  v_balance := credits.account_balance(v_account_id);
+  v_taken := least(v_reverse, v_balance);
+  v_owed := v_reverse - v_taken;
+  if v_reverse > 0 then
+    v_operation_id := ledger.create_operation('credit_allocation_refund', p_event_id, null,
+      jsonb_build_object('user_id', v_payment.user_id, 'stripe_invoice_id', p_invoice_id,
+        'subscription_id', v_payment.subscription_id, 'period_start', v_payment.period_start));
+  end if;
+  if v_taken > 0 then
+    perform ledger.post_transfers(v_operation_id, array[(v_account_id,
+      ledger.system_account_id('credit_issuance', 'platform', v_payment.user_id::text), v_taken)::ledger.transfer_leg]);
+    insert into credits.credit_transactions (user_id, type, amount_credits, balance_before_credits, balance_after_credits,
+      subscription_id, period_start, operation_id)
+    values (v_payment.user_id, 'refund', -v_taken, v_balance, v_balance - v_taken, v_payment.subscription_id,
+      v_payment.period_start, v_operation_id);
+  end if;
+  update credits.allocation_payments
+  set refunded_cents = v_refunded_cents, credits_reversed = v_reverse_total
+  where stripe_invoice_id = p_invoice_id;
+  if v_owed > 0 then
+    insert into credits.receivables (user_id, subscription_id, period_start, amount_credits, reason, operation_id)
+    values (v_payment.user_id, v_payment.subscription_id, v_payment.period_start, v_owed, 'stripe_refund', v_operation_id);
+    insert into ops.alerts (kind, severity, user_id, stripe_object_id, details)
+    values ('refund_receivable', 'warning', v_payment.user_id, coalesce(p_charge_id, p_invoice_id),
+      jsonb_build_object('stripe_invoice_id', p_invoice_id, 'receivable_credits', v_owed));
+  end if;
+  return jsonb_build_object(
+    'ok', true, 'replayed', false, 'outcome', 'refund_applied',
+    'transaction_id', v_operation_id,
+    'user_id', v_payment.user_id,
+    'stripe_invoice_id', p_invoice_id,
+    'subscription_id', v_payment.subscription_id,
+    'refund_cents', v_refunded_cents - v_payment.refunded_cents,
+    'credits_reversed', v_reverse,
+    'taken_from_balance_credits', v_taken,
+    'receivable_credits', v_owed,
+    'balance_before_credits', v_balance,
+    'balance_after_credits', v_balance - v_taken);
+end;
+$$;
+
+/**
+ * charge.refunded of a subscription invoice: the period's credits in proportion to Stripe's
+ * running refund total (credits.apply_invoice_refund_total). A charge of an invoice that has not
+ * allocated yet (the charge names its invoice) is parked and applied with the allocation. A charge
+ * that is neither answers `not_a_subscription_invoice` and records nothing, so the festival's
+ * refund procedure can take the same event next.
  */
 create function public.sp_process_credit_invoice_refund(
   stripe_payment_intent_id text,
@@ -579,91 +714,53 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_payment credits.allocation_payments;
+  v_invoice_id text;
   v_result jsonb;
-  v_refunded_cents bigint;
-  v_reverse_total bigint;
-  v_reverse bigint;
-  v_account_id bigint;
-  v_balance bigint;
-  v_taken bigint := 0;
-  v_owed bigint;
-  v_operation_id bigint;
 begin
   perform ledger.require(sp_process_credit_invoice_refund.amount_refunded_cents > 0, 'amount_refunded_cents', 'must be positive');
   perform ledger.require(sp_process_credit_invoice_refund.currency ~ '^[A-Za-z]{3}$', 'currency', 'must be a 3-letter code');
-  select * into v_payment from credits.allocation_payments p
+  perform ledger.require(coalesce(length(sp_process_credit_invoice_refund.stripe_invoice_id) between 1 and 255, true),
+    'stripe_invoice_id', 'must be 1 to 255 characters');
+  select p.stripe_invoice_id into v_invoice_id from credits.allocation_payments p
   where p.stripe_invoice_id = sp_process_credit_invoice_refund.stripe_invoice_id
     or p.stripe_payment_intent_id = sp_process_credit_invoice_refund.stripe_payment_intent_id
   limit 1;
-  if v_payment.stripe_invoice_id is null then
+  if v_invoice_id is null and sp_process_credit_invoice_refund.stripe_invoice_id is null then
     return jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'not_a_subscription_invoice');
   end if;
   v_result := festival.stripe_event_replay(sp_process_credit_invoice_refund.stripe_event_id);
   if v_result is null then
-    select * into v_payment from credits.allocation_payments p
-    where p.stripe_invoice_id = v_payment.stripe_invoice_id for update;
-    v_refunded_cents := least(sp_process_credit_invoice_refund.amount_refunded_cents, v_payment.amount_paid_cents);
-    if upper(sp_process_credit_invoice_refund.currency) <> v_payment.currency then
-      insert into ops.alerts (kind, severity, user_id, stripe_object_id, details)
-      values ('payment_mismatch', 'critical', v_payment.user_id, sp_process_credit_invoice_refund.stripe_charge_id,
-        jsonb_build_object('refund_currency', upper(sp_process_credit_invoice_refund.currency),
-          'stripe_invoice_id', v_payment.stripe_invoice_id));
-      v_result := ledger.error_result('payment_mismatch', 'refund in another currency than the invoice',
-        jsonb_build_object('stripe_invoice_id', v_payment.stripe_invoice_id));
-    elsif v_refunded_cents <= v_payment.refunded_cents then
-      v_result := jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_already_applied',
-        'stripe_invoice_id', v_payment.stripe_invoice_id, 'refunded_cents', v_payment.refunded_cents);
+    -- Serialized with the allocation of the same invoice (same key), so a refund is either seen by
+    -- the allocation or finds it.
+    perform pg_advisory_xact_lock(hashtextextended('stripe-intent:'
+      || coalesce(sp_process_credit_invoice_refund.stripe_payment_intent_id, sp_process_credit_invoice_refund.stripe_invoice_id),
+      20261122));
+    select p.stripe_invoice_id into v_invoice_id from credits.allocation_payments p
+    where p.stripe_invoice_id = sp_process_credit_invoice_refund.stripe_invoice_id
+      or p.stripe_payment_intent_id = sp_process_credit_invoice_refund.stripe_payment_intent_id
+    limit 1;
+    if v_invoice_id is not null then
+      v_result := credits.apply_invoice_refund_total(v_invoice_id, sp_process_credit_invoice_refund.amount_refunded_cents,
+        sp_process_credit_invoice_refund.currency, sp_process_credit_invoice_refund.stripe_event_id,
+        sp_process_credit_invoice_refund.stripe_charge_id);
     else
-      v_reverse_total := case when v_refunded_cents = v_payment.amount_paid_cents then v_payment.credits
-        else floor(v_payment.credits::numeric * v_refunded_cents / v_payment.amount_paid_cents)::bigint end;
-      v_reverse := v_reverse_total - v_payment.credits_reversed;
-      v_account_id := credits.ensure_user_account(v_payment.user_id);
-      perform credits.lock_accounts(array[v_account_id]);
-      v_balance := credits.account_balance(v_account_id);
-      v_taken := least(v_reverse, v_balance);
-      v_owed := v_reverse - v_taken;
-      if v_reverse > 0 then
-        v_operation_id := ledger.create_operation('credit_allocation_refund', sp_process_credit_invoice_refund.stripe_event_id,
-          null, jsonb_build_object('user_id', v_payment.user_id, 'stripe_invoice_id', v_payment.stripe_invoice_id,
-            'subscription_id', v_payment.subscription_id, 'period_start', v_payment.period_start));
-      end if;
-      if v_taken > 0 then
-        perform ledger.post_transfers(v_operation_id, array[(v_account_id,
-          ledger.system_account_id('credit_issuance', 'platform', v_payment.user_id::text), v_taken)::ledger.transfer_leg]);
-        insert into credits.credit_transactions (user_id, type, amount_credits, balance_before_credits, balance_after_credits,
-          subscription_id, period_start, operation_id)
-        values (v_payment.user_id, 'refund', -v_taken, v_balance, v_balance - v_taken, v_payment.subscription_id,
-          v_payment.period_start, v_operation_id);
-      end if;
-      update credits.allocation_payments p
-      set refunded_cents = v_refunded_cents, credits_reversed = v_reverse_total
-      where p.stripe_invoice_id = v_payment.stripe_invoice_id;
-      if v_owed > 0 then
-        insert into credits.receivables (user_id, subscription_id, period_start, amount_credits, reason, operation_id)
-        values (v_payment.user_id, v_payment.subscription_id, v_payment.period_start, v_owed, 'stripe_refund', v_operation_id);
-        insert into ops.alerts (kind, severity, user_id, stripe_object_id, details)
-        values ('refund_receivable', 'warning', v_payment.user_id, sp_process_credit_invoice_refund.stripe_charge_id,
-          jsonb_build_object('stripe_invoice_id', v_payment.stripe_invoice_id, 'receivable_credits', v_owed));
-      end if;
-      v_result := jsonb_build_object(
-        'ok', true, 'replayed', false, 'outcome', 'refund_applied',
-        'transaction_id', v_operation_id,
-        'user_id', v_payment.user_id,
-        'stripe_invoice_id', v_payment.stripe_invoice_id,
-        'subscription_id', v_payment.subscription_id,
-        'refund_cents', v_refunded_cents - v_payment.refunded_cents,
-        'credits_reversed', v_reverse,
-        'taken_from_balance_credits', v_taken,
-        'receivable_credits', v_owed,
-        'balance_before_credits', v_balance,
-        'balance_after_credits', v_balance - v_taken);
+      insert into credits.invoice_refunds_pending (stripe_invoice_id, stripe_payment_intent_id, amount_refunded_cents,
+        currency, last_event_id)
+      values (sp_process_credit_invoice_refund.stripe_invoice_id, sp_process_credit_invoice_refund.stripe_payment_intent_id,
+        sp_process_credit_invoice_refund.amount_refunded_cents, upper(sp_process_credit_invoice_refund.currency),
+        sp_process_credit_invoice_refund.stripe_event_id)
+      on conflict on constraint invoice_refunds_pending_pkey do update
+        set amount_refunded_cents = greatest(credits.invoice_refunds_pending.amount_refunded_cents,
+            excluded.amount_refunded_cents),
+          last_event_id = excluded.last_event_id, updated_at = now();
+      v_result := jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_parked_until_allocation',
+        'stripe_invoice_id', sp_process_credit_invoice_refund.stripe_invoice_id);
     end if;
     perform festival.stripe_event_done(sp_process_credit_invoice_refund.stripe_event_id, 'charge.refunded', v_result);
   end if;
   perform credits.log_attempt('credit_allocation_refund', v_result, sp_process_credit_invoice_refund.stripe_event_id, null,
-    v_payment.user_id, (v_result ->> 'credits_reversed')::bigint,
-    jsonb_build_object('stripe_invoice_id', v_payment.stripe_invoice_id));
+    (v_result ->> 'user_id')::uuid, (v_result ->> 'credits_reversed')::bigint,
+    jsonb_build_object('stripe_invoice_id', coalesce(v_invoice_id, sp_process_credit_invoice_refund.stripe_invoice_id)));
   return v_result;
 end;
 $$;

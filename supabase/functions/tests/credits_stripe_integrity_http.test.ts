@@ -439,6 +439,37 @@ Deno.test("credit dispute: the disputed credits are frozen; won releases them, l
   const lost = await deliver(event("charge.dispute.closed", dispute(loser, "lost")));
   assert.equal(lost.status, 200);
   assert.equal(await creditBalance(loser), 50);
-  // A card top-up dispute still reaches the festival procedure (not mistaken for credits).
+  await assertLedgerReconciles();
+});
+
+Deno.test("credit dispute: the same dispute delivered concurrently (5 times, two event ids) holds once; a card dispute is not taken for credits", async () => {
+  const [userId] = await createUsers(1);
+  const created = await buy(userId, "CREDITS-50");
+  const session = paidSession(created, userId);
+  assert.equal((await deliver(event("checkout.session.completed", session))).body.outcome, "credited");
+  const dispute = {
+    id: `dp_${session.payment_intent}`,
+    object: "dispute",
+    amount: 4500,
+    currency: "eur",
+    charge: `ch_${session.payment_intent}`,
+    payment_intent: session.payment_intent,
+    status: "needs_response",
+  };
+  const first = event("charge.dispute.created", dispute);
+  const results = await Promise.all([
+    ...Array.from({ length: 4 }, () => deliver(first)),
+    deliver(event("charge.dispute.created", dispute)),
+  ]);
+  assert.ok(results.every((result) => result.status === 200), JSON.stringify(results.map((r) => r.body)));
+  assert.equal(results.filter((result) => result.body.outcome === "credits_held_for_dispute" && !result.body.result.replayed).length, 1);
+  assert.equal(await creditBalance(userId), 0);
+  assert.equal(await count("select count(*) from credits.dispute_holds where stripe_dispute_id = $1 and held_credits = 50", dispute.id), 1);
+  // A dispute of a payment that is no credit purchase goes on to the festival's procedure.
+  const other = { ...dispute, id: `dp_other_${crypto.randomUUID().slice(0, 8)}`, payment_intent: `pi_other_${crypto.randomUUID().slice(0, 8)}` };
+  const festival = await deliver(event("charge.dispute.created", other));
+  assert.equal(festival.status, 200);
+  assert.notEqual(festival.body.outcome, "not_a_credit_purchase");
+  assert.equal(await count("select count(*) from credits.dispute_holds where stripe_dispute_id = $1", other.id), 0);
   await assertLedgerReconciles();
 });
