@@ -85,6 +85,9 @@ export async function createCheckoutSessionOr502(
       request_id: context.requestId,
       message: `Stripe checkout session failed: ${(error as Error).message}`,
     }));
-    throw new HttpError("payment_provider_unavailable", "the payment provider did not answer; retry with the same key");
+    throw new HttpError(
+      "payment_provider_unavailable",
+      "the payment provider did not answer; retry with the same key",
+    );
   }
 }

@@ -6,10 +6,23 @@
 import assert from "node:assert/strict";
 import { call, connectDatabase } from "./http_helpers.ts";
 import { deliver, event } from "./stripe_helpers.ts";
-import { assertLedgerReconciles, book, createUsers, creditBalance, rpcClient, uniqueKey } from "./credits_fixtures.ts";
+import {
+  assertLedgerReconciles,
+  book,
+  createUsers,
+  creditBalance,
+  rpcClient,
+  uniqueKey,
+} from "./credits_fixtures.ts";
 import { DEMO_STAFF, signToken, userToken } from "../../../scripts/lib/tokens.ts";
+import { checkoutExpiry, checkoutSessionParams } from "../_shared/checkout.ts";
+import type { RpcCall } from "../_shared/rpc.ts";
+import { createCreditCheckoutHandler } from "../create-credit-checkout/handler.ts";
 
-const RETURN_URLS = { success_url: "http://127.0.0.1:3000/credits/ok", cancel_url: "http://127.0.0.1:3000/credits/cancel" };
+const RETURN_URLS = {
+  success_url: "http://127.0.0.1:3000/credits/ok",
+  cancel_url: "http://127.0.0.1:3000/credits/cancel",
+};
 
 async function query(text: string, ...values: unknown[]) {
   const sql = connectDatabase(1);
@@ -30,7 +43,11 @@ function checkout(token: string, json: Record<string, unknown>, headers: Record<
 }
 
 /** The session Stripe sends back for what create-credit-checkout created, paid. */
-function paidSession(created: Record<string, unknown>, userId: string, overrides: Record<string, unknown> = {}) {
+function paidSession(
+  created: Record<string, unknown>,
+  userId: string,
+  overrides: Record<string, unknown> = {},
+) {
   return {
     id: String(created.session_id),
     object: "checkout.session",
@@ -77,13 +94,31 @@ Deno.test("metadata alone buys nothing: a session saying credit_purchase for 100
   const result = await deliver(event("checkout.session.completed", forged));
   assert.equal(result.status, 200, JSON.stringify(result.body));
   assert.equal(await creditBalance(userId), 0);
-  assert.equal(await count("select count(*) from ops.alerts where kind = 'payment_mismatch' and stripe_object_id = $1", forged.id), 1);
+  assert.equal(
+    await count(
+      "select count(*) from ops.alerts where kind = 'payment_mismatch' and stripe_object_id = $1",
+      forged.id,
+    ),
+    1,
+  );
   // Paid, in the right currency, still without a pending purchase: not credited either.
-  const paid = { ...forged, id: `cs_forged_paid_${id}`, amount_total: 5000, payment_status: "paid", payment_intent: `pi_forged_${id}` };
+  const paid = {
+    ...forged,
+    id: `cs_forged_paid_${id}`,
+    amount_total: 5000,
+    payment_status: "paid",
+    payment_intent: `pi_forged_${id}`,
+  };
   const second = await deliver(event("checkout.session.completed", paid));
   assert.equal(second.status, 200);
   assert.equal(await creditBalance(userId), 0);
-  assert.equal(await count("select count(*) from ops.alerts where kind = 'payment_mismatch' and stripe_object_id = $1", paid.id), 1);
+  assert.equal(
+    await count(
+      "select count(*) from ops.alerts where kind = 'payment_mismatch' and stripe_object_id = $1",
+      paid.id,
+    ),
+    1,
+  );
   await assertLedgerReconciles();
 });
 
@@ -100,9 +135,14 @@ Deno.test("create-credit-checkout: a pending purchase at the package's price, on
   assert.equal(first.body.currency, "EUR");
   assert.equal(first.body.replayed, false);
   const expiresAt = Date.parse(String(first.body.expires_at));
-  assert.ok(expiresAt > Date.now() + 25 * 60_000 && expiresAt <= Date.now() + 31 * 60_000, String(first.body.expires_at));
+  assert.ok(
+    expiresAt > Date.now() + 25 * 60_000 && expiresAt <= Date.now() + 31 * 60_000,
+    String(first.body.expires_at),
+  );
   // The same key (as a header this time) answers the same session.
-  const again = await checkout(token, { package_code: "CREDITS-50", ...RETURN_URLS }, { "Idempotency-Key": key });
+  const again = await checkout(token, { package_code: "CREDITS-50", ...RETURN_URLS }, {
+    "Idempotency-Key": key,
+  });
   assert.equal(again.status, 200);
   assert.equal(again.body.session_id, first.body.session_id);
   assert.equal(again.body.replayed, true);
@@ -119,7 +159,11 @@ Deno.test("create-credit-checkout: a pending purchase at the package's price, on
   }]);
   assert.equal(await creditBalance(userId), 0, "nothing is credited before payment");
   // The same key for another package is a reused key.
-  const reused = await checkout(token, { package_code: "CREDITS-10", client_request_id: key, ...RETURN_URLS });
+  const reused = await checkout(token, {
+    package_code: "CREDITS-10",
+    client_request_id: key,
+    ...RETURN_URLS,
+  });
   assert.equal(reused.status, 422);
   assert.equal((reused.body.error as { code: string }).code, "idempotency_key_reused");
 });
@@ -127,7 +171,11 @@ Deno.test("create-credit-checkout: a pending purchase at the package's price, on
 Deno.test("create-credit-checkout: unknown package 400, staff 403, anonymous sign-in 403, anon key 403, foreign return URL 400, no key 400", async () => {
   const [userId] = await createUsers(1);
   const token = await userToken(userId);
-  const unknown = await checkout(token, { package_code: "CREDITS-7", client_request_id: uniqueKey("cc"), ...RETURN_URLS });
+  const unknown = await checkout(token, {
+    package_code: "CREDITS-7",
+    client_request_id: uniqueKey("cc"),
+    ...RETURN_URLS,
+  });
   assert.equal(unknown.status, 400);
   assert.equal((unknown.body.error as { code: string }).code, "unknown_package");
   const staff = await checkout(await userToken(DEMO_STAFF.cashier), {
@@ -137,11 +185,27 @@ Deno.test("create-credit-checkout: unknown package 400, staff 403, anonymous sig
   });
   assert.equal(staff.status, 403);
   assert.equal((staff.body.error as { code: string }).code, "forbidden");
-  const anonymousSignIn = await signToken({ sub: userId, role: "authenticated", aud: "authenticated", is_anonymous: true });
-  const anonymous = await checkout(anonymousSignIn, { package_code: "CREDITS-10", client_request_id: uniqueKey("cc"), ...RETURN_URLS });
+  const anonymousSignIn = await signToken({
+    sub: userId,
+    role: "authenticated",
+    aud: "authenticated",
+    is_anonymous: true,
+  });
+  const anonymous = await checkout(anonymousSignIn, {
+    package_code: "CREDITS-10",
+    client_request_id: uniqueKey("cc"),
+    ...RETURN_URLS,
+  });
   assert.equal(anonymous.status, 403);
   const anonKey = await signToken({ role: "anon" });
-  assert.equal((await checkout(anonKey, { package_code: "CREDITS-10", client_request_id: uniqueKey("cc"), ...RETURN_URLS })).status, 403);
+  assert.equal(
+    (await checkout(anonKey, {
+      package_code: "CREDITS-10",
+      client_request_id: uniqueKey("cc"),
+      ...RETURN_URLS,
+    })).status,
+    403,
+  );
   const foreign = await checkout(token, {
     package_code: "CREDITS-10",
     client_request_id: uniqueKey("cc"),
@@ -152,7 +216,12 @@ Deno.test("create-credit-checkout: unknown package 400, staff 403, anonymous sig
   assert.equal((foreign.body.error as { code: string }).code, "invalid_input");
   const noKey = await checkout(token, { package_code: "CREDITS-10", ...RETURN_URLS });
   assert.equal(noKey.status, 400);
-  const sneaky = await checkout(token, { package_code: "CREDITS-10", credits: 1000, client_request_id: uniqueKey("cc"), ...RETURN_URLS });
+  const sneaky = await checkout(token, {
+    package_code: "CREDITS-10",
+    credits: 1000,
+    client_request_id: uniqueKey("cc"),
+    ...RETURN_URLS,
+  });
   assert.equal(sneaky.status, 400, "the client cannot name the credits");
   assert.equal(await count("select count(*) from credits.credit_purchases where user_id = $1", userId), 0);
 });
@@ -168,10 +237,23 @@ Deno.test("credit checkout paid: completed and async_payment_succeeded delivered
     ...Array.from({ length: 5 }, () => deliver(succeeded)),
   ]);
   assert.ok(results.every((result) => result.status === 200), JSON.stringify(results.map((r) => r.body)));
-  assert.equal(results.filter((result) => result.body.outcome === "credited" && result.body.result.replayed === false).length, 1);
+  assert.equal(
+    results.filter((result) => result.body.outcome === "credited" && result.body.result.replayed === false)
+      .length,
+    1,
+  );
   assert.equal(await creditBalance(userId), 100);
-  assert.equal(await count("select count(*) from credits.credit_transactions where user_id = $1 and type = 'purchase'", userId), 1);
-  const [row] = await query("select status, stripe_payment_intent_id from credits.credit_purchases where stripe_session_id = $1", session.id);
+  assert.equal(
+    await count(
+      "select count(*) from credits.credit_transactions where user_id = $1 and type = 'purchase'",
+      userId,
+    ),
+    1,
+  );
+  const [row] = await query(
+    "select status, stripe_payment_intent_id from credits.credit_purchases where stripe_session_id = $1",
+    session.id,
+  );
   assert.deepEqual({ ...row }, { status: "completed", stripe_payment_intent_id: session.payment_intent });
   await assertLedgerReconciles();
 });
@@ -184,7 +266,13 @@ Deno.test("credit checkout: another amount, currency or credits than the pending
     const result = await deliver(event("checkout.session.completed", session));
     assert.equal(result.status, 200);
     assert.equal(result.body.outcome, "payment_mismatch");
-    assert.equal(await count("select count(*) from ops.alerts where kind = 'payment_mismatch' and stripe_object_id = $1", session.id), 1);
+    assert.equal(
+      await count(
+        "select count(*) from ops.alerts where kind = 'payment_mismatch' and stripe_object_id = $1",
+        session.id,
+      ),
+      1,
+    );
   }
   const created = await buy(userId, "CREDITS-10");
   const session = paidSession(created, userId);
@@ -192,7 +280,13 @@ Deno.test("credit checkout: another amount, currency or credits than the pending
   const result = await deliver(event("checkout.session.completed", session));
   assert.equal(result.body.outcome, "payment_mismatch");
   assert.equal(await creditBalance(userId), 0);
-  assert.equal(await count("select count(*) from credits.credit_purchases where user_id = $1 and status = 'pending'", userId), 3);
+  assert.equal(
+    await count(
+      "select count(*) from credits.credit_purchases where user_id = $1 and status = 'pending'",
+      userId,
+    ),
+    3,
+  );
   await assertLedgerReconciles();
 });
 
@@ -204,18 +298,32 @@ Deno.test("credit checkout: a 100 % discount is credited only for a package that
     promoCode,
   );
   const promo = await buy(userId, promoCode);
-  const free = paidSession(promo, userId, { amount_total: 0, payment_status: "no_payment_required", payment_intent: null });
+  const free = paidSession(promo, userId, {
+    amount_total: 0,
+    payment_status: "no_payment_required",
+    payment_intent: null,
+  });
   const credited = await deliver(event("checkout.session.completed", free));
   assert.equal(credited.status, 200);
   assert.equal(credited.body.outcome, "credited");
   assert.equal(await creditBalance(userId), 20);
   const plain = await buy(userId, "CREDITS-10");
-  const notAllowed = paidSession(plain, userId, { amount_total: 0, payment_status: "no_payment_required", payment_intent: null });
+  const notAllowed = paidSession(plain, userId, {
+    amount_total: 0,
+    payment_status: "no_payment_required",
+    payment_intent: null,
+  });
   const refused = await deliver(event("checkout.session.completed", notAllowed));
   assert.equal(refused.status, 200);
   assert.equal(refused.body.outcome, "payment_mismatch");
   assert.equal(await creditBalance(userId), 20);
-  assert.equal(await count("select count(*) from ops.alerts where kind = 'payment_mismatch' and stripe_object_id = $1", notAllowed.id), 1);
+  assert.equal(
+    await count(
+      "select count(*) from ops.alerts where kind = 'payment_mismatch' and stripe_object_id = $1",
+      notAllowed.id,
+    ),
+    1,
+  );
   await assertLedgerReconciles();
 });
 
@@ -227,7 +335,10 @@ Deno.test("credit checkout: created at Stripe but never attached (a crash), the 
     uniqueKey("crash"),
   );
   const purchase = prepared[0].result;
-  const session = paidSession({ ...purchase, session_id: `cs_unattached_${crypto.randomUUID().slice(0, 8)}` }, userId);
+  const session = paidSession(
+    { ...purchase, session_id: `cs_unattached_${crypto.randomUUID().slice(0, 8)}` },
+    userId,
+  );
   const result = await deliver(event("checkout.session.completed", session));
   assert.equal(result.body.outcome, "credited", JSON.stringify(result.body));
   assert.equal(await creditBalance(userId), 10);
@@ -265,7 +376,10 @@ function invoice(options: InvoiceOptions) {
     parent: {
       subscription_details: {
         subscription: options.subscriptionId,
-        metadata: { user_id: options.userId, ...(options.metadataPlanId ? { plan_id: options.metadataPlanId } : {}) },
+        metadata: {
+          user_id: options.userId,
+          ...(options.metadataPlanId ? { plan_id: options.metadataPlanId } : {}),
+        },
       },
     },
     lines: {
@@ -295,13 +409,16 @@ Deno.test("invoice: the billed price decides the credits, not metadata.plan_id",
   const cheap = await createPricedPlan(10);
   const expensive = await createPricedPlan(1000);
   const subscriptionId = `sub_${crypto.randomUUID().slice(0, 12)}`;
-  const paid = await deliver(event("invoice.payment_succeeded", invoice({
-    userId,
-    subscriptionId,
-    priceId: cheap,
-    metadataPlanId: expensive,
-    periodStart: 1_790_000_000,
-  })));
+  const paid = await deliver(event(
+    "invoice.payment_succeeded",
+    invoice({
+      userId,
+      subscriptionId,
+      priceId: cheap,
+      metadataPlanId: expensive,
+      periodStart: 1_790_000_000,
+    }),
+  ));
   assert.equal(paid.status, 200, JSON.stringify(paid.body));
   assert.equal(await creditBalance(userId), 10);
   await assertLedgerReconciles();
@@ -311,22 +428,28 @@ Deno.test("invoice: amount_paid 0 allocates only when the plan says trials earn 
   const [trialist, earner] = await createUsers(2);
   const plain = await createPricedPlan(100);
   const generous = await createPricedPlan(40, true);
-  const unpaid = await deliver(event("invoice.payment_succeeded", invoice({
-    userId: trialist,
-    subscriptionId: `sub_${crypto.randomUUID().slice(0, 12)}`,
-    priceId: plain,
-    amountPaid: 0,
-    periodStart: 1_790_000_000,
-  })));
+  const unpaid = await deliver(event(
+    "invoice.payment_succeeded",
+    invoice({
+      userId: trialist,
+      subscriptionId: `sub_${crypto.randomUUID().slice(0, 12)}`,
+      priceId: plain,
+      amountPaid: 0,
+      periodStart: 1_790_000_000,
+    }),
+  ));
   assert.equal(unpaid.status, 200);
   assert.equal(await creditBalance(trialist), 0);
-  const trial = await deliver(event("invoice.payment_succeeded", invoice({
-    userId: earner,
-    subscriptionId: `sub_${crypto.randomUUID().slice(0, 12)}`,
-    priceId: generous,
-    amountPaid: 0,
-    periodStart: 1_790_000_000,
-  })));
+  const trial = await deliver(event(
+    "invoice.payment_succeeded",
+    invoice({
+      userId: earner,
+      subscriptionId: `sub_${crypto.randomUUID().slice(0, 12)}`,
+      priceId: generous,
+      amountPaid: 0,
+      periodStart: 1_790_000_000,
+    }),
+  ));
   assert.equal(trial.status, 200);
   assert.equal(await creditBalance(earner), 40);
   await assertLedgerReconciles();
@@ -338,39 +461,52 @@ Deno.test("invoice: a mid-period proration invoice does not allocate a second pe
   const subscriptionId = `sub_${crypto.randomUUID().slice(0, 12)}`;
   const start = 1_790_000_000;
   const end = start + 30 * 24 * 3600;
-  await deliver(event("invoice.payment_succeeded", invoice({ userId, subscriptionId, priceId, periodStart: start, periodEnd: end })));
+  await deliver(
+    event(
+      "invoice.payment_succeeded",
+      invoice({ userId, subscriptionId, priceId, periodStart: start, periodEnd: end }),
+    ),
+  );
   assert.equal(await creditBalance(userId), 300);
   const middle = start + 15 * 24 * 3600;
-  const proration = await deliver(event("invoice.payment_succeeded", invoice({
-    userId,
-    subscriptionId,
-    priceId,
-    periodStart: middle,
-    billingReason: "subscription_update",
-    amountPaid: 1450,
-    lines: [
-      {
-        period: { start: middle, end },
-        amount: 1450,
-        pricing: { price_details: { price: priceId } },
-        parent: { subscription_item_details: { proration: true } },
-      },
-    ],
-  })));
+  const proration = await deliver(event(
+    "invoice.payment_succeeded",
+    invoice({
+      userId,
+      subscriptionId,
+      priceId,
+      periodStart: middle,
+      billingReason: "subscription_update",
+      amountPaid: 1450,
+      lines: [
+        {
+          period: { start: middle, end },
+          amount: 1450,
+          pricing: { price_details: { price: priceId } },
+          parent: { subscription_item_details: { proration: true } },
+        },
+      ],
+    }),
+  ));
   assert.equal(proration.status, 200, JSON.stringify(proration.body));
   assert.equal(await creditBalance(userId), 300, "the proration invoice allocates nothing");
   // The same when the proration line claims a full-looking period starting mid-period.
-  const overlapping = await deliver(event("invoice.payment_succeeded", invoice({
-    userId,
-    subscriptionId,
-    priceId,
-    periodStart: middle,
-    periodEnd: middle + 30 * 24 * 3600,
-  })));
+  const overlapping = await deliver(event(
+    "invoice.payment_succeeded",
+    invoice({
+      userId,
+      subscriptionId,
+      priceId,
+      periodStart: middle,
+      periodEnd: middle + 30 * 24 * 3600,
+    }),
+  ));
   assert.equal(overlapping.status, 200);
   assert.equal(await creditBalance(userId), 300, "an overlapping period allocates nothing");
   // The next period does.
-  await deliver(event("invoice.payment_succeeded", invoice({ userId, subscriptionId, priceId, periodStart: end })));
+  await deliver(
+    event("invoice.payment_succeeded", invoice({ userId, subscriptionId, priceId, periodStart: end })),
+  );
   assert.equal(await creditBalance(userId), 600);
   await assertLedgerReconciles();
 });
@@ -382,7 +518,13 @@ Deno.test("invoice: a mid-period proration invoice does not allocate a second pe
 Deno.test("invoice refund: reverses the period's allocation in proportion, never below zero, the rest a receivable", async () => {
   const [userId, peer] = await createUsers(2);
   const priceId = await createPricedPlan(300);
-  const paidInvoice = invoice({ userId, subscriptionId: `sub_${crypto.randomUUID().slice(0, 12)}`, priceId, periodStart: 1_790_000_000, amountPaid: 3000 });
+  const paidInvoice = invoice({
+    userId,
+    subscriptionId: `sub_${crypto.randomUUID().slice(0, 12)}`,
+    priceId,
+    periodStart: 1_790_000_000,
+    amountPaid: 3000,
+  });
   assert.equal((await deliver(event("invoice.payment_succeeded", paidInvoice))).status, 200);
   assert.equal(await creditBalance(userId), 300);
   const charge = (refunded: number) => ({
@@ -406,8 +548,17 @@ Deno.test("invoice refund: reverses the period's allocation in proportion, never
   const full = await deliver(event("charge.refunded", charge(3000)));
   assert.equal(full.status, 200);
   assert.equal(await creditBalance(userId), 0);
-  assert.equal(await count("select count(*) from credits.receivables where user_id = $1 and status = 'open' and amount_credits = 150", userId), 1);
-  assert.equal(await count("select count(*) from ops.alerts where user_id = $1 and kind = 'refund_receivable'", userId), 1);
+  assert.equal(
+    await count(
+      "select count(*) from credits.receivables where user_id = $1 and status = 'open' and amount_credits = 150",
+      userId,
+    ),
+    1,
+  );
+  assert.equal(
+    await count("select count(*) from ops.alerts where user_id = $1 and kind = 'refund_receivable'", userId),
+    1,
+  );
   await assertLedgerReconciles();
 });
 
@@ -417,7 +568,10 @@ Deno.test("credit dispute: the disputed credits are frozen; won releases them, l
   for (const userId of [winner, loser]) {
     const created = await buy(userId, "CREDITS-100");
     sessions[userId] = paidSession(created, userId);
-    assert.equal((await deliver(event("checkout.session.completed", sessions[userId]))).body.outcome, "credited");
+    assert.equal(
+      (await deliver(event("checkout.session.completed", sessions[userId]))).body.outcome,
+      "credited",
+    );
   }
   const dispute = (userId: string, status: string) => ({
     id: `dp_${sessions[userId].payment_intent}`,
@@ -462,14 +616,119 @@ Deno.test("credit dispute: the same dispute delivered concurrently (5 times, two
     deliver(event("charge.dispute.created", dispute)),
   ]);
   assert.ok(results.every((result) => result.status === 200), JSON.stringify(results.map((r) => r.body)));
-  assert.equal(results.filter((result) => result.body.outcome === "credits_held_for_dispute" && !result.body.result.replayed).length, 1);
+  assert.equal(
+    results.filter((result) =>
+      result.body.outcome === "credits_held_for_dispute" && !result.body.result.replayed
+    ).length,
+    1,
+  );
   assert.equal(await creditBalance(userId), 0);
-  assert.equal(await count("select count(*) from credits.dispute_holds where stripe_dispute_id = $1 and held_credits = 50", dispute.id), 1);
+  assert.equal(
+    await count(
+      "select count(*) from credits.dispute_holds where stripe_dispute_id = $1 and held_credits = 50",
+      dispute.id,
+    ),
+    1,
+  );
   // A dispute of a payment that is no credit purchase goes on to the festival's procedure.
-  const other = { ...dispute, id: `dp_other_${crypto.randomUUID().slice(0, 8)}`, payment_intent: `pi_other_${crypto.randomUUID().slice(0, 8)}` };
+  const other = {
+    ...dispute,
+    id: `dp_other_${crypto.randomUUID().slice(0, 8)}`,
+    payment_intent: `pi_other_${crypto.randomUUID().slice(0, 8)}`,
+  };
   const festival = await deliver(event("charge.dispute.created", other));
   assert.equal(festival.status, 200);
   assert.notEqual(festival.body.outcome, "not_a_credit_purchase");
-  assert.equal(await count("select count(*) from credits.dispute_holds where stripe_dispute_id = $1", other.id), 0);
+  assert.equal(
+    await count("select count(*) from credits.dispute_holds where stripe_dispute_id = $1", other.id),
+    0,
+  );
   await assertLedgerReconciles();
+});
+
+// ---------------------------------------------------------------------------------------------
+// The shared Checkout module and the handler without a database
+// ---------------------------------------------------------------------------------------------
+
+Deno.test("checkout params: the session expires when the pending row says, promotion codes only when the package allows", () => {
+  const request = {
+    referenceId: "credit-purchase-1",
+    idempotencyKey: "checkout-session-credit-purchase-1",
+    amountCents: 1000,
+    currency: "EUR",
+    productName: "10 credits",
+    successUrl: RETURN_URLS.success_url,
+    cancelUrl: RETURN_URLS.cancel_url,
+    metadata: { kind: "credit_purchase", purchase_id: "1" },
+  };
+  const plain = checkoutSessionParams(request, 1_800_000_000);
+  assert.equal(plain.expires_at, 1_800_000_000);
+  assert.equal(plain.line_items[0].price_data.currency, "eur");
+  assert.equal(plain.line_items[0].price_data.unit_amount, 1000);
+  assert.equal("allow_promotion_codes" in plain, false);
+  assert.equal(
+    checkoutSessionParams({ ...request, allowPromotionCodes: true }, 1_800_000_000).allow_promotion_codes,
+    true,
+  );
+  const now = Date.UTC(2026, 10, 22, 9, 0, 0);
+  assert.equal(checkoutExpiry(now), now / 1000 + 30 * 60);
+});
+
+Deno.test("create-credit-checkout: Stripe unreachable is 502 and attaches nothing; the same key retried creates the session", async () => {
+  const calls: string[] = [];
+  const prepared = {
+    ok: true,
+    replayed: false,
+    purchase_id: 7,
+    user_id: "e0000000-0000-4000-8000-0000000000aa",
+    package_code: "CREDITS-10",
+    credits: 10,
+    amount_cents: 1000,
+    currency: "EUR",
+    allow_promotion_codes: false,
+    status: "pending",
+    session_id: null,
+    checkout_url: null,
+    expires_at: "2026-11-22T10:00:00+00:00",
+  };
+  const stub: RpcCall = (procedure) => {
+    calls.push(procedure);
+    return Promise.resolve(
+      procedure === "sp_attach_credit_checkout_session"
+        ? { ...prepared, session_id: "cs_stub", checkout_url: "https://checkout.stripe.test/c/pay/cs_stub" }
+        : prepared,
+    );
+  };
+  const sessions: string[] = [];
+  let stripeUp = false;
+  const handler = createCreditCheckoutHandler(stub, (request) => {
+    if (!stripeUp) return Promise.reject(new Error("connection refused"));
+    sessions.push(request.idempotencyKey);
+    assert.equal(request.expiresAt, Date.parse(prepared.expires_at) / 1000);
+    return Promise.resolve({
+      id: "cs_stub",
+      url: "https://checkout.stripe.test/c/pay/cs_stub",
+      expiresAt: request.expiresAt!,
+    });
+  });
+  const send = async () =>
+    handler(
+      new Request("http://localhost/", {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${await userToken(prepared.user_id)}`,
+          "content-type": "application/json",
+        },
+        body: JSON.stringify({ package_code: "CREDITS-10", client_request_id: "stub-key", ...RETURN_URLS }),
+      }),
+    );
+  const down = await send();
+  assert.equal(down.status, 502);
+  assert.equal((await down.json()).error.code, "payment_provider_unavailable");
+  assert.deepEqual(calls, ["sp_prepare_credit_purchase"]);
+  stripeUp = true;
+  const up = await send();
+  assert.equal(up.status, 200);
+  assert.equal((await up.json()).session_id, "cs_stub");
+  assert.deepEqual(sessions, ["checkout-session-credit-purchase-7"]);
 });
