@@ -459,6 +459,78 @@ revoke execute on function public.sp_process_credit_purchase(text, bigint, text,
 grant execute on function public.sp_process_credit_purchase(text, bigint, text, text, text, text, uuid, bigint, bigint)
   to service_role;
 
+-- Refunds of purchases: the same proportion as before, computed in numeric.
+/**
+ * Reverses a purchase's refunds up to Stripe's running total: credits in proportion to the money
+ * refunded (all of them at a full refund), never below zero; the rest is an open receivable and
+ * an alert.
+ */
+create or replace function credits.apply_purchase_refund_total(
+  p_session_id text, p_refunded_total_cents bigint, p_event_id text, p_charge_id text)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_purchase credits.credit_purchases;
+  v_refunded_cents bigint;
+  v_reverse_total bigint;
+  v_reverse bigint;
+  v_account_id bigint;
+  v_balance bigint;
+  v_taken bigint;
+  v_owed bigint;
+  v_operation_id bigint;
+begin
+  select * into v_purchase from credits.credit_purchases where stripe_session_id = p_session_id for update;
+  v_refunded_cents := least(p_refunded_total_cents, v_purchase.amount_cents);
+  if v_refunded_cents <= v_purchase.refunded_cents or v_purchase.amount_cents = 0 then
+    return jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_already_applied',
+      'stripe_session_id', p_session_id, 'refunded_cents', v_purchase.refunded_cents);
+  end if;
+  -- numeric: credits × cents can exceed bigint long before either does.
+  v_reverse_total := case when v_refunded_cents = v_purchase.amount_cents then v_purchase.credits
+    else floor(v_purchase.credits::numeric * v_refunded_cents / v_purchase.amount_cents)::bigint end;
+  v_reverse := v_reverse_total - v_purchase.credits_reversed;
+
+  v_account_id := credits.ensure_user_account(v_purchase.user_id);
+  perform credits.lock_accounts(array[v_account_id]);
+  v_balance := credits.account_balance(v_account_id);
+  v_taken := least(v_reverse, v_balance);
+  v_owed := v_reverse - v_taken;
+  v_operation_id := ledger.create_operation('credit_purchase_refund', p_event_id, null,
+    jsonb_build_object('user_id', v_purchase.user_id, 'stripe_session_id', p_session_id, 'stripe_charge_id', p_charge_id));
+  if v_taken > 0 then
+    perform ledger.post_transfers(v_operation_id, array[(v_account_id,
+      ledger.system_account_id('credit_issuance', 'platform', v_purchase.user_id::text), v_taken)::ledger.transfer_leg]);
+    insert into credits.credit_transactions (user_id, type, amount_credits, balance_before_credits, balance_after_credits,
+      operation_id)
+    values (v_purchase.user_id, 'refund', -v_taken, v_balance, v_balance - v_taken, v_operation_id);
+  end if;
+  update credits.credit_purchases
+  set refunded_cents = v_refunded_cents, credits_reversed = v_reverse_total
+  where stripe_session_id = p_session_id;
+  if v_owed > 0 then
+    insert into credits.receivables (user_id, stripe_session_id, amount_credits, reason, operation_id)
+    values (v_purchase.user_id, p_session_id, v_owed, 'stripe_refund', v_operation_id);
+    insert into ops.alerts (kind, severity, user_id, stripe_object_id, details)
+    values ('refund_receivable', 'warning', v_purchase.user_id, p_charge_id,
+      jsonb_build_object('stripe_session_id', p_session_id, 'receivable_credits', v_owed));
+  end if;
+  return jsonb_build_object(
+    'ok', true, 'replayed', false, 'outcome', 'refund_applied',
+    'transaction_id', v_operation_id,
+    'user_id', v_purchase.user_id,
+    'stripe_session_id', p_session_id,
+    'refund_cents', v_refunded_cents - v_purchase.refunded_cents,
+    'credits_reversed', v_reverse,
+    'taken_from_balance_credits', v_taken,
+    'receivable_credits', v_owed,
+    'balance_before_credits', v_balance,
+    'balance_after_credits', v_balance - v_taken);
+end;
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- Subscription invoices: the billed price, paid (or a trial that earns), a period not yet covered
 -- ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 -- ledger, and a reconciled ledger after.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(84);
+select plan(85);
 
 -- ---------------------------------------------------------------------------------------------
 -- Helpers and users
@@ -29,7 +29,9 @@ insert into auth.users (id, aud, role, email) values
 
 insert into credits.credit_packages (code, credits, price_cents, currency, active, allow_promotion_codes) values
   ('T-PROMO-20', 20, 2000, 'EUR', true, true),
-  ('T-RETIRED', 5, 500, 'EUR', false, false);
+  ('T-RETIRED', 5, 500, 'EUR', false, false),
+  -- Large enough that credits × cents overflows bigint: proportions must be numeric.
+  ('T-HUGE', 9000000000000, 10000000, 'EUR', true, false);
 insert into credits.plans (plan_id, monthly_credits, stripe_price_id, trial_earns_credits) values
   ('basic', 100, 'price_basic', false),
   ('trial-friendly', 40, 'price_trial', true),
@@ -366,6 +368,13 @@ insert into responses select 'huge-inv', pg_temp.invoice(pg_temp.peer(), 'price_
 insert into responses select 'huge-ref', pg_temp.invoice_refund('in_huge', 3333333, 'evt_ref_huge');
 select is(pg_temp.response('huge-ref') ->> 'credits_reversed', '2999999700000',
   'invoice refund: the proportion is computed without bigint overflow');
+
+-- A purchase refund in proportion, in numeric too: 9e12 credits for 10 000 000 cents, 3 333 333 refunded.
+insert into responses select 'huge-prep', pg_temp.prepare(pg_temp.peer(), 'T-HUGE', 'prep-peer-huge');
+insert into responses select 'huge-attach', pg_temp.attach(pg_temp.response('huge-prep'), 'cs_peer_huge');
+insert into responses select 'huge-paid', pg_temp.paid('cs_peer_huge', 10000000, 'evt_peer_huge', 'pi_peer_huge');
+select is(public.sp_process_stripe_refund('pi_peer_huge', 'ch_peer_huge', 3333333, 'EUR', 'evt_peer_huge_refund')
+  ->> 'credits_reversed', '2999999700000', 'purchase refund: the proportion is computed without bigint overflow');
 
 -- ---------------------------------------------------------------------------------------------
 -- Disputes of credit purchases: hold, then release (won) or retire (lost)
