@@ -168,6 +168,19 @@ Deno.test("create-credit-checkout: a pending purchase at the package's price, on
   assert.equal((reused.body.error as { code: string }).code, "idempotency_key_reused");
 });
 
+Deno.test("create-credit-checkout: the same key sent 5 times concurrently gives one purchase and one session", async () => {
+  const [userId] = await createUsers(1);
+  const token = await userToken(userId);
+  const key = uniqueKey("credit-checkout-race");
+  const results = await Promise.all(
+    Array.from({ length: 5 }, () => checkout(token, { package_code: "CREDITS-10", client_request_id: key, ...RETURN_URLS })),
+  );
+  assert.ok(results.every((result) => result.status === 200), JSON.stringify(results.map((r) => r.body)));
+  assert.equal(new Set(results.map((result) => result.body.session_id)).size, 1);
+  assert.equal(results.filter((result) => result.body.replayed === false).length, 1);
+  assert.equal(await count("select count(*) from credits.credit_purchases where user_id = $1", userId), 1);
+});
+
 Deno.test("create-credit-checkout: unknown package 400, staff 403, anonymous sign-in 403, anon key 403, foreign return URL 400, no key 400", async () => {
   const [userId] = await createUsers(1);
   const token = await userToken(userId);
