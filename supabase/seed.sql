@@ -56,3 +56,9 @@ insert into festival.topup_packages (code, name, price_cents, bonus_cents) value
 
 -- Demo card DEMO-NNNN has the PIN NNNN (printed on real cards; registration gives random ones).
 update festival.cards set pin_hash = festival.hash_card_pin(substr(id, 6)) where id like 'DEMO-%';
+
+-- Credit packages (practitioner credits): the only thing a credit purchase can buy.
+insert into credits.credit_packages (code, credits, price_cents, currency) values
+  ('CREDITS-10', 10, 1000, 'EUR'),
+  ('CREDITS-50', 50, 4500, 'EUR'),
+  ('CREDITS-100', 100, 8000, 'EUR');

@@ -240,6 +240,46 @@ create table festival.deposits_outstanding (
 );
 alter table festival.deposits_outstanding enable row level security;
 
+create trigger deposits_outstanding_never_deleted before delete on festival.deposits_outstanding
+  for each row execute function ledger.refuse_history_change();
+create trigger deposits_outstanding_no_truncate before truncate on festival.deposits_outstanding
+  for each statement execute function ledger.refuse_history_change();
+
+-- Before this migration a return took its money from the returning card's shard, so on a
+-- database where cups changed hands some shards are below zero while the total is not. Move every
+-- shard's balance into one shard (one zero-sum operation) so that no shard is negative. If the total
+-- itself is negative, the old rule paid out cup returns the festival never sold: that shortfall
+-- is booked from `deposit_losses:festival`, where an operator can see it.
+do $$
+declare
+  -- The shard that collects the balances: any one will do.
+  v_shard_zero bigint := ledger.system_account_id('deposits_held', 'festival', 'rebalance');
+  v_total_cents bigint;
+  v_legs ledger.transfer_leg[];
+begin
+  if not exists (select 1 from ledger.account_balances where system_purpose = 'deposits_held' and balance_cents < 0) then
+    return;
+  end if;
+  select array_agg(case when b.balance_cents > 0
+      then (b.account_id, v_shard_zero, b.balance_cents)::ledger.transfer_leg
+      else (v_shard_zero, b.account_id, -b.balance_cents)::ledger.transfer_leg end),
+    (select sum(balance_cents) from ledger.account_balances where system_purpose = 'deposits_held')
+  into v_legs, v_total_cents
+  from ledger.account_balances b
+  where b.system_purpose = 'deposits_held' and b.account_id <> v_shard_zero and b.balance_cents <> 0;
+  if v_total_cents < 0 then
+    perform ledger.ensure_system_account('deposit_losses', 'festival');
+    v_legs := v_legs || (ledger.system_account_id('deposit_losses', 'festival', 'rebalance'), v_shard_zero,
+      -v_total_cents)::ledger.transfer_leg;
+  end if;
+  perform ledger.post_transfers(
+    ledger.create_operation('deposits_rebalance', null, null,
+      jsonb_build_object('reason', 'returns before per-festival deposit accounting', 'shortfall_cents',
+        greatest(-v_total_cents, 0))),
+    v_legs);
+end
+$$;
+
 insert into festival.deposits_outstanding (shard, held_cents)
 select account.shard, balance.balance_cents
 from ledger.accounts account
@@ -314,6 +354,9 @@ begin
   if p_returns_cents = 0 then
     if p_deposits_cents > 0 then
       update festival.deposits_outstanding set held_cents = held_cents + p_deposits_cents where shard = v_own_shard;
+      if not found then
+        raise exception 'festival.deposits_outstanding has no row for shard %', v_own_shard using errcode = 'no_data_found';
+      end if;
       return p_charge_legs || (p_card_account_id, ledger.system_account_id('deposits_held', 'festival', p_card_id),
         p_deposits_cents)::ledger.transfer_leg;
     end if;
@@ -324,6 +367,9 @@ begin
   from ledger.accounts account
   join festival.deposits_outstanding held on held.shard = account.shard
   where account.kind = 'system' and account.system_purpose = 'deposits_held' and account.owner_ref = 'festival';
+  if coalesce(cardinality(v_accounts), 0) <> ledger.system_shard_count() then
+    raise exception 'festival.deposits_outstanding must have one row per shard' using errcode = 'no_data_found';
+  end if;
   -- Returns are credited first (a return may pay for part of the same order), then deposits.
   v_held[v_own_shard + 1] := v_held[v_own_shard + 1] + p_deposits_cents;
   -- One leg where one shard can pay the whole return (the card's own first), else several.
@@ -580,3 +626,135 @@ begin
     'lines', v_priced.lines);
 end;
 $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- PINs leave the database once
+-- ---------------------------------------------------------------------------------------------
+
+/** A response as stored under its idempotency key: PINs replaced by `pins_withheld`. */
+create function festival.without_pins(p_result jsonb) returns jsonb
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  if p_result ? 'pins' then
+    return (p_result - 'pins') || '{"pins_withheld": true}'::jsonb;
+  end if;
+  if p_result ? 'pin' then
+    return (p_result - 'pin') || '{"pin_withheld": true}'::jsonb;
+  end if;
+  return p_result;
+end;
+$$;
+
+/**
+ * Registers a batch of card UIDs (1 to 1000); cards that already exist are reported, not changed.
+ * New cards get random PINs, answered in this response only (a replay says `pins_withheld`).
+ */
+create or replace function public.sp_admin_register_cards(
+  card_ids text[],
+  staff_user_id uuid,
+  client_request_id text,
+  holder_label text default null)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_card_ids text[];
+  v_request jsonb;
+  v_idempotency record;
+  v_result jsonb;
+begin
+  perform ledger.require_client_request_id(sp_admin_register_cards.client_request_id);
+  perform ledger.require(cardinality(sp_admin_register_cards.card_ids) between 1 and 1000, 'card_ids',
+    'must hold 1 to 1000 card ids');
+  perform ledger.require(
+    (select bool_and(coalesce(festival.is_valid_card_id(card_id), false)) from unnest(sp_admin_register_cards.card_ids) as card_id),
+    'card_ids', 'each card id must be 1 to 64 letters, digits, ":", "_" or "-"');
+  perform ledger.require(sp_admin_register_cards.staff_user_id is not null, 'staff_user_id', 'is required');
+  perform ledger.require(coalesce(length(sp_admin_register_cards.holder_label), 0) <= 100, 'holder_label',
+    'must be at most 100 characters');
+  select array_agg(distinct card_id order by card_id) into v_card_ids from unnest(sp_admin_register_cards.card_ids) as card_id;
+  v_request := jsonb_build_object('card_ids', to_jsonb(v_card_ids), 'holder_label', sp_admin_register_cards.holder_label,
+    'staff_user_id', sp_admin_register_cards.staff_user_id);
+
+  select * into v_idempotency
+  from ledger.idempotency_begin(sp_admin_register_cards.client_request_id, 'register_cards', v_request);
+  if v_idempotency.outcome = 'new' then
+    -- Concurrent batches with overlapping ids: one registers each card, the other reports it.
+    perform pg_advisory_xact_lock(hashtextextended('festival.register_cards', 0));
+    v_result := festival.execute_register_cards(v_card_ids, sp_admin_register_cards.holder_label,
+      sp_admin_register_cards.staff_user_id);
+    -- The PINs are answered once, to be printed: the stored response (what a replay answers, kept
+    -- 24 hours) holds only their hashes' existence, never the PINs.
+    perform ledger.idempotency_finish(sp_admin_register_cards.client_request_id, 'register_cards',
+      v_idempotency.fingerprint, festival.without_pins(v_result));
+  else
+    v_result := v_idempotency.response;
+  end if;
+  perform ops.log_attempt('register_cards', v_result, sp_admin_register_cards.client_request_id,
+    sp_admin_register_cards.staff_user_id, p_details => jsonb_build_object('card_count', cardinality(v_card_ids)));
+  return v_result;
+end;
+$$;
+
+create function festival.execute_reset_card_pin(p_card_id text, p_staff_user_id uuid) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_pin text := festival.new_card_pin();
+begin
+  if festival.staff_role(p_staff_user_id) is distinct from 'admin' then
+    return ledger.error_result('forbidden', 'only admins can reset a card''s PIN',
+      jsonb_build_object('staff_user_id', p_staff_user_id));
+  end if;
+  update festival.cards
+  set pin_hash = festival.hash_card_pin(v_pin), pin_failed_attempts = 0, pin_locked_until = null, updated_at = now()
+  where id = p_card_id;
+  if not found then
+    return ledger.error_result('card_not_found', 'no card with this id', jsonb_build_object('card_id', p_card_id));
+  end if;
+  return jsonb_build_object('ok', true, 'replayed', false, 'card_id', p_card_id, 'pin', v_pin);
+end;
+$$;
+
+/**
+ * Gives a card a new random PIN (a lost or leaked PIN, a card registered before PINs existed) and
+ * lifts a lockout. The PIN is answered once; a replay of the same key says `pin_withheld`.
+ */
+create function public.sp_admin_reset_card_pin(card_id text, staff_user_id uuid, client_request_id text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_request jsonb;
+  v_idempotency record;
+  v_result jsonb;
+begin
+  perform ledger.require_client_request_id(sp_admin_reset_card_pin.client_request_id);
+  perform festival.require_card_id(sp_admin_reset_card_pin.card_id);
+  perform ledger.require(sp_admin_reset_card_pin.staff_user_id is not null, 'staff_user_id', 'is required');
+  v_request := jsonb_build_object('card_id', sp_admin_reset_card_pin.card_id,
+    'staff_user_id', sp_admin_reset_card_pin.staff_user_id);
+  select * into v_idempotency
+  from ledger.idempotency_begin(sp_admin_reset_card_pin.client_request_id, 'reset_card_pin', v_request);
+  if v_idempotency.outcome = 'new' then
+    v_result := festival.execute_reset_card_pin(sp_admin_reset_card_pin.card_id, sp_admin_reset_card_pin.staff_user_id);
+    perform ledger.idempotency_finish(sp_admin_reset_card_pin.client_request_id, 'reset_card_pin',
+      v_idempotency.fingerprint, festival.without_pins(v_result));
+  else
+    v_result := v_idempotency.response;
+  end if;
+  perform festival.log_card_attempt('reset_card_pin', festival.without_pins(v_result),
+    sp_admin_reset_card_pin.client_request_id, sp_admin_reset_card_pin.staff_user_id, sp_admin_reset_card_pin.card_id,
+    '{}'::jsonb);
+  return v_result;
+end;
+$$;
+revoke execute on function public.sp_admin_reset_card_pin(text, uuid, text) from public, anon, authenticated;
+grant execute on function public.sp_admin_reset_card_pin(text, uuid, text) to service_role, edge_functions;

@@ -61,7 +61,11 @@ $$;
  *                         lines do not add up to it
  *   recharge_amount       a completed recharge's amount plus bonus differs from what its
  *                         operation credited to the card
- *   deposits_outstanding  a shard of festival.deposits_outstanding differs from the ledger
+ *   bar_order_revenue     the bar's revenue moved by the order's operation differs from its items
+ *   recharge_source       the drawer, terminal or Stripe clearing (and promotions, for the bonus)
+ *                         did not fund the recharge's operation by exactly its amount (and bonus)
+ *   deposits_outstanding  a shard of festival.deposits_outstanding differs from the ledger, or
+ *                         its row is missing
  */
 create function festival.tie_out_checks()
 returns table (check_name text, account_id bigint, account_code text, expected_cents bigint, actual_cents bigint, detail text)
@@ -101,13 +105,52 @@ as $$
   from recharges r left join recharge_moves m on m.operation_id = r.operation_id and m.account_id = r.account_id
   where coalesce(m.net_cents, 0) <> r.credited_cents
   union all
+  select 'bar_order_revenue', null::bigint, 'bar_revenue:' || o.point_of_sale_id, o.items_cents,
+    coalesce(revenue.net_cents, 0),
+    format('bar order %s: its items are %s, the revenue of %s moved by %s', o.id, o.items_cents, o.point_of_sale_id,
+      coalesce(revenue.net_cents, 0))
+  from (
+    select bar_order.id, bar_order.operation_id, bar_order.point_of_sale_id,
+      (select coalesce(sum(i.line_total_cents), 0) from festival.bar_order_items i
+       where i.order_id = bar_order.id and i.product_kind = 'item')::bigint as items_cents
+    from festival.bar_orders bar_order
+  ) o
+  left join lateral (
+    select sum(m.net_cents)::bigint as net_cents
+    from order_moves m join ledger.accounts a on a.id = m.account_id
+    where m.operation_id = o.operation_id and a.system_purpose = 'bar_revenue' and a.owner_ref = o.point_of_sale_id
+  ) revenue on true
+  where coalesce(revenue.net_cents, 0) <> o.items_cents
+  union all
+  select 'recharge_source', null::bigint, source.purpose || ':' || source.owner_ref, source.expected_cents,
+    coalesce(funded.net_cents, 0),
+    format('recharge %s: %s:%s should have funded %s, it moved %s', source.id, source.purpose, source.owner_ref,
+      -source.expected_cents, coalesce(-funded.net_cents, 0))
+  from (
+    select r.id, r.operation_id, case r.payment_method when 'cash' then 'cash_drawer' when 'card' then 'card_terminal'
+        else 'stripe_clearing' end as purpose,
+      case when r.payment_method = 'stripe' then 'stripe' else r.checkpoint_id end as owner_ref,
+      -r.amount_cents as expected_cents
+    from festival.recharges r where r.status = 'completed'
+    union all
+    select r.id, r.operation_id, 'promotions', 'festival', -r.bonus_cents
+    from festival.recharges r where r.status = 'completed'
+  ) source
+  left join lateral (
+    select sum(m.net_cents)::bigint as net_cents
+    from recharge_moves m join ledger.accounts a on a.id = m.account_id
+    where m.operation_id = source.operation_id and a.system_purpose = source.purpose and a.owner_ref = source.owner_ref
+  ) funded on true
+  where coalesce(funded.net_cents, 0) <> source.expected_cents
+  union all
   select 'deposits_outstanding', b.account_id, b.code, b.balance_cents, d.held_cents,
-    format('deposits held shard %s: the counter says %s, the ledger %s', d.shard, d.held_cents, b.balance_cents)
-  from festival.deposits_outstanding d
-  join ledger.accounts a on a.kind = 'system' and a.system_purpose = 'deposits_held' and a.owner_ref = 'festival'
-    and a.shard = d.shard
+    format('deposits held shard %s: the counter says %s, the ledger %s', a.shard, coalesce(d.held_cents::text, 'nothing'),
+      b.balance_cents)
+  from ledger.accounts a
   join ledger.account_balances b on b.account_id = a.id
-  where b.balance_cents <> d.held_cents
+  left join festival.deposits_outstanding d on d.shard = a.shard
+  where a.kind = 'system' and a.system_purpose = 'deposits_held' and a.owner_ref = 'festival'
+    and b.balance_cents is distinct from d.held_cents
 $$;
 
 /**
@@ -118,6 +161,8 @@ $$;
  *   allocation_journal  an allocation whose journal row differs from its credits
  *   purchase_journal    a completed purchase whose journal row differs from its credits
  *   hold_journal        a hold whose lock row differs from its amount
+ *   hold_release        a released hold whose release operation did not move exactly its amount
+ *                       from the hold to the client (unlocked) or to the named provider (paid out)
  */
 create function credits.tie_out_checks()
 returns table (check_name text, account_id bigint, account_code text, expected_cents bigint, actual_cents bigint, detail text)
@@ -165,6 +210,22 @@ as $$
     where t.operation_id = h.lock_operation_id and t.user_id = h.client_user_id and t.type = 'lock'
   ) journal on true
   where journal.moved is distinct from h.amount_credits
+  union all
+  select 'hold_release', h.account_id, null::text, h.amount_credits, coalesce(released.to_recipient, 0)::bigint,
+    format('hold %s of %s (%s): %s credits, the release moved %s out of the hold and %s to %s', h.order_id,
+      h.client_user_id, h.status, h.amount_credits, coalesce(-released.from_hold, 0), coalesce(released.to_recipient, 0),
+      case h.status when 'unlocked' then 'the client' else 'the provider' end)
+  from credits.escrow_holds h
+  left join lateral (
+    select
+      sum(t.amount_cents) filter (where t.from_account_id = h.account_id) * -1 as from_hold,
+      sum(t.amount_cents) filter (where t.to_account_id = (
+        select ua.account_id from credits.user_accounts ua
+        where ua.user_id = case h.status when 'unlocked' then h.client_user_id else h.provider_id end)) as to_recipient
+    from ledger.transfers t where t.operation_id = h.release_operation_id
+  ) released on true
+  where h.status in ('unlocked', 'paid_out')
+    and (released.from_hold is distinct from -h.amount_credits or released.to_recipient is distinct from h.amount_credits)
 $$;
 
 /** Every check of the deployment: one row per discrepancy, none when everything ties out. */

@@ -92,6 +92,14 @@ export function requireUser(caller: Caller): Caller & { subject: string } {
   return caller as Caller & { subject: string };
 }
 
+/** The caller's user id when the token is a signed-in user's session, else null (anon, service). */
+export function userSubject(caller: Caller): string | null {
+  return caller.role === "authenticated" && caller.subject !== null && UUID.test(caller.subject) &&
+      hasUserAudience(caller.claims)
+    ? caller.subject
+    : null;
+}
+
 /**
  * The caller as a practitioner of the credits platform: a signed-in user who is not an anonymous
  * sign-in (Supabase's `is_anonymous` claim: anyone can get one, so it must never hold or move

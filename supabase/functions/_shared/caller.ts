@@ -25,11 +25,27 @@ export function callerScope(role: string, subject: string | null): string {
 
 /** Records the verified caller of the current request (called by `authenticate`). */
 export function recordCaller(role: string, subject: string | null): void {
-  const slot = requestCaller.getStore();
-  if (slot) slot.scope = callerScope(role, subject);
+  recordCallerScope(callerScope(role, subject));
 }
 
-/** The current request's caller scope, or undefined outside a request or before authentication. */
+/**
+ * Records the caller of a request that is not authenticated with a token but otherwise: Stripe's
+ * signed webhook (`stripe`), the public health probe (`public`).
+ */
+export function recordCallerScope(scope: string): void {
+  const slot = requestCaller.getStore();
+  if (slot) slot.scope = scope;
+}
+
+/**
+ * The current request's caller scope. Outside a request (scripts, tests) undefined: the database
+ * then scopes the call as `service`. Inside a request that never said who calls, this throws
+ * rather than letting the call share the service's keys: a handler must authenticate first.
+ */
 export function currentCallerScope(): string | undefined {
-  return requestCaller.getStore()?.scope;
+  const slot = requestCaller.getStore();
+  if (slot && slot.scope === undefined) {
+    throw new Error("a procedure was called before the request's caller was authenticated");
+  }
+  return slot?.scope;
 }

@@ -52,6 +52,8 @@ export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
   payment_mismatch: 422,
   invalid_signature: 400,
   payment_provider_unavailable: 502,
+  // Credits through Stripe: credit checkout sessions.
+  purchase_not_found: 404,
 };
 
 /** HTTP status for a business error code; an unknown code is a gap in this table, hence 500. */

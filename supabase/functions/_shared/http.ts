@@ -27,7 +27,13 @@ export interface RequestContext {
 export function jsonResponse(status: number, body: unknown, requestId: string): Response {
   return new Response(JSON.stringify(body), {
     status,
-    headers: { ...CORS_HEADERS, "content-type": "application/json; charset=utf-8", "x-request-id": requestId },
+    // Balances, PINs and payment links must never sit in a shared or browser cache.
+    headers: {
+      ...CORS_HEADERS,
+      "content-type": "application/json; charset=utf-8",
+      "cache-control": "no-store",
+      "x-request-id": requestId,
+    },
   });
 }
 

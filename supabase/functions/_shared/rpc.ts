@@ -149,6 +149,14 @@ export const rpc: RpcCall = (procedure, args, context) => {
   if (!defaultClient) {
     const url = Deno.env.get("DB_URL") ?? Deno.env.get("SUPABASE_DB_URL");
     if (!url) throw new Error("neither DB_URL nor SUPABASE_DB_URL is set");
+    if (!Deno.env.get("DB_URL")) {
+      // SUPABASE_DB_URL connects as the database owner, who can do anything: say so loudly.
+      console.error(JSON.stringify({
+        level: "error",
+        message: "DB_URL is not set: the functions connect with SUPABASE_DB_URL as the database owner; " +
+          "set DB_URL to the edge_functions role (see the README's deployment section)",
+      }));
+    }
     defaultClient = createRpc(url);
   }
   return defaultClient.call(procedure, args, context);

@@ -1,5 +1,6 @@
-// POST /functions/v1/admin-cards: an admin registers a batch of card UIDs, blocks or unblocks a
-// card. `action` selects the operation; each is idempotent on client_request_id.
+// POST /functions/v1/admin-cards: an admin registers a batch of card UIDs (answering each new
+// card's PIN once, to be printed), blocks or unblocks a card, or gives a card a new PIN. `action`
+// selects the operation; each is idempotent on client_request_id.
 
 import { z } from "zod";
 import { authenticateUser } from "../_shared/auth.ts";
@@ -23,6 +24,11 @@ export const AdminCardsRequest = z.discriminatedUnion("action", [
   }),
   z.strictObject({
     action: z.literal("unblock"),
+    card_id: cardId,
+    client_request_id: clientRequestId.optional(),
+  }),
+  z.strictObject({
+    action: z.literal("reset_pin"),
     card_id: cardId,
     client_request_id: clientRequestId.optional(),
   }),
@@ -51,6 +57,12 @@ export function createAdminCardsHandler(call: RpcCall): (request: Request) => Pr
         });
       case "unblock":
         return respondWithProcedure(context, call, "sp_admin_unblock_card", {
+          card_id: body.card_id,
+          staff_user_id,
+          client_request_id,
+        });
+      case "reset_pin":
+        return respondWithProcedure(context, call, "sp_admin_reset_card_pin", {
           card_id: body.card_id,
           staff_user_id,
           client_request_id,

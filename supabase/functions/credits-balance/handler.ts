@@ -1,8 +1,9 @@
 // GET /functions/v1/credits-balance: the caller's own credit balance and last 50 credit
 // transactions. The user is the verified token's subject; there is no parameter to ask for another.
+// Anonymous sign-ins are refused here, festival staff by the procedure.
 
 import { z } from "zod";
-import { authenticateUser } from "../_shared/auth.ts";
+import { authenticate, requireCreditsUser } from "../_shared/auth.ts";
 import { serveFunction } from "../_shared/http.ts";
 import { respondWithProcedure } from "../_shared/procedure.ts";
 import { rpc, type RpcCall } from "../_shared/rpc.ts";
@@ -18,7 +19,7 @@ export function createCreditsBalanceHandler(
   return serveFunction(
     { name: "credits-balance", methods: ["GET"] },
     async (context) => {
-      const user = await authenticateUser(context.request);
+      const user = requireCreditsUser(await authenticate(context.request));
       parseInput(
         CreditsBalanceQuery,
         Object.fromEntries(new URL(context.request.url).searchParams),

@@ -1,6 +1,7 @@
 // GET /functions/v1/health: is the database reachable, and which migration is it on?
 // No token needed (verify_jwt = false); it reveals nothing but the migration version.
 
+import { recordCallerScope } from "../_shared/caller.ts";
 import { jsonResponse, serveFunction } from "../_shared/http.ts";
 import { rpc, type RpcCall } from "../_shared/rpc.ts";
 
@@ -17,6 +18,8 @@ function withTimeout<T>(promise: Promise<T>, milliseconds: number): Promise<T> {
 
 export function createHealthHandler(call: RpcCall): (request: Request) => Promise<Response> {
   return serveFunction({ name: "health", methods: ["GET"] }, async (context) => {
+    // Anyone may ask; the probe changes nothing.
+    recordCallerScope("public");
     try {
       const result = await withTimeout(call("health_check"), DATABASE_TIMEOUT_MS);
       context.outcome = "ok";

@@ -1,9 +1,10 @@
 // POST /functions/v1/peer-booking: a practitioner pays credits to a peer for a treatment. The
 // booking practitioner is the verified token's subject, never a body field: a body naming someone
-// else as the booking practitioner is refused (403).
+// else as the booking practitioner is refused (403), and so are anonymous sign-ins; festival staff
+// are refused by the procedure. A booking id belongs to the practitioner who pays it.
 
 import { z } from "zod";
-import { authenticateUser } from "../_shared/auth.ts";
+import { authenticate, requireCreditsUser } from "../_shared/auth.ts";
 import { HttpError } from "../_shared/errors.ts";
 import { readJsonBody, serveFunction } from "../_shared/http.ts";
 import { respondWithProcedure } from "../_shared/procedure.ts";
@@ -33,7 +34,7 @@ export function createPeerBookingHandler(
   return serveFunction(
     { name: "peer-booking", methods: ["POST"] },
     async (context) => {
-      const practitioner = await authenticateUser(context.request);
+      const practitioner = requireCreditsUser(await authenticate(context.request));
       const body = parseInput(
         PeerBookingRequest,
         await readJsonBody(context.request),

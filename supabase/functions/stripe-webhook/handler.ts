@@ -4,6 +4,7 @@
 // payment for a card that does not exist yet (404), a database that is down (503).
 
 import { z } from "zod";
+import { recordCallerScope } from "../_shared/caller.ts";
 import { errorBody, isInvalidArgumentSqlState } from "../_shared/errors.ts";
 import { jsonResponse, readRawBody, type RequestContext, serveFunction } from "../_shared/http.ts";
 import { ProcedureError, type ProcedureResult, rpc, type RpcCall } from "../_shared/rpc.ts";
@@ -27,13 +28,33 @@ const creditPurchaseMetadata = z.object({
 }).passthrough();
 
 /**
+ * What a credit purchase session's metadata claims. Never trusted: the pending purchase decides
+ * user, credits and price; these are only compared with it (and purchase_id finds a purchase whose
+ * session was never attached). A claim that does not parse is simply not sent.
+ */
+const creditPurchaseClaims = z.object({
+  user_id: z.uuid().optional().catch(undefined),
+  credits: z.string().regex(/^[1-9]\d{0,11}$/).optional().catch(undefined),
+  purchase_id: z.string().regex(/^[1-9]\d{0,17}$/).optional().catch(undefined),
+}).passthrough();
+
+/**
  * What a subscription invoice says across Stripe API versions: the subscription and its metadata
- * (user_id, optional plan_id) under `parent.subscription_details` (newer) or at the top (older),
- * the plan from the metadata or the first line's price, the period from the first line.
+ * (user_id) under `parent.subscription_details` (newer) or at the top (older); what was paid; the
+ * payment intent (`payment_intent`, older, or the first of `payments`, newer); and per line the
+ * billed price, the line's period and whether it is a proration.
  */
 const subscriptionInvoice = z.object({
   id: z.string(),
+  amount_paid: z.number().int().nonnegative(),
+  currency: z.string(),
   subscription: z.string().nullish(),
+  payment_intent: z.union([z.string(), z.object({ id: z.string() })]).nullish(),
+  payments: z.object({
+    data: z.array(z.object({
+      payment: z.object({ payment_intent: z.union([z.string(), z.object({ id: z.string() })]).nullish() }).nullish(),
+    }).passthrough()),
+  }).nullish(),
   subscription_details: z.object({ metadata: z.record(z.string(), z.string()).nullish() }).nullish(),
   parent: z.object({
     subscription_details: z.object({
@@ -44,11 +65,32 @@ const subscriptionInvoice = z.object({
   lines: z.object({
     data: z.array(z.object({
       period: z.object({ start: z.number().int(), end: z.number().int() }),
+      proration: z.boolean().nullish(),
       price: z.object({ id: z.string() }).nullish(),
       pricing: z.object({ price_details: z.object({ price: z.string() }).nullish() }).nullish(),
+      parent: z.object({
+        subscription_item_details: z.object({ proration: z.boolean().nullish() }).nullish(),
+      }).nullish(),
     }).passthrough()).min(1),
   }),
 }).passthrough();
+
+type InvoiceLine = z.infer<typeof subscriptionInvoice>["lines"]["data"][number];
+
+function linePrice(line: InvoiceLine): string | undefined {
+  return line.pricing?.price_details?.price ?? line.price?.id;
+}
+
+/**
+ * The line that bills a subscription period: a price, not a proration. A proration (a plan change
+ * in the middle of a period) bills part of a period that is already allocated.
+ */
+function billedPeriodLine(lines: InvoiceLine[]): InvoiceLine | undefined {
+  return lines.find((line) =>
+    linePrice(line) !== undefined && line.proration !== true &&
+    line.parent?.subscription_item_details?.proration !== true
+  );
+}
 
 function paymentIntentId(value: string | { id: string } | null | undefined): string | null {
   if (!value) return null;
@@ -93,23 +135,22 @@ async function creditPurchase(
   session: Stripe.Checkout.Session,
   paymentStatus: string,
 ): Promise<Response> {
-  const metadata = parsedCreditPurchase(context, event, session);
-  if (!metadata || session.amount_total === null || !session.currency) {
+  if (session.amount_total === null || !session.currency) {
     return acknowledge(context, event.id, "ignored_invalid_credit_purchase");
   }
+  const claims = creditPurchaseClaims.parse(session.metadata ?? {});
   const result = await call("sp_process_credit_purchase", {
-    user_id: metadata.user_id,
-    credits: Number(metadata.credits),
+    stripe_session_id: session.id,
     amount_cents: session.amount_total,
     currency: session.currency,
-    stripe_session_id: session.id,
-    stripe_event_id: event.id,
-    stripe_payment_intent_id: paymentIntentId(session.payment_intent),
     payment_status: paymentStatus,
+    stripe_payment_intent_id: paymentIntentId(session.payment_intent),
+    stripe_event_id: event.id,
+    user_id: claims.user_id ?? null,
+    credits: claims.credits === undefined ? null : Number(claims.credits),
+    purchase_id: claims.purchase_id === undefined ? null : Number(claims.purchase_id),
   }, { functionName: context.functionName, requestId: context.requestId });
-  if ((result.error as { code?: string } | undefined)?.code === "unmatched_payment") {
-    return retryLater(context, event.id, result);
-  }
+  // Everything is final here (a mismatch is recorded and alerted): Stripe gets 200.
   return acknowledge(context, event.id, outcomeOf(result), result);
 }
 
@@ -140,18 +181,22 @@ async function allocateSubscriptionPeriod(context: RequestContext, call: RpcCall
   const details = invoice.data.parent?.subscription_details;
   const subscriptionId = details?.subscription ?? invoice.data.subscription;
   const metadata = details?.metadata ?? invoice.data.subscription_details?.metadata ?? {};
-  const line = invoice.data.lines.data[0];
-  const planId = metadata.plan_id ?? line.pricing?.price_details?.price ?? line.price?.id;
   const userId = z.uuid().safeParse(metadata.user_id);
-  if (!subscriptionId || !planId || !userId.success) {
-    return acknowledge(context, event.id, "ignored_not_a_credit_subscription");
-  }
+  if (!subscriptionId || !userId.success) return acknowledge(context, event.id, "ignored_not_a_credit_subscription");
+  const line = billedPeriodLine(invoice.data.lines.data);
+  if (!line) return acknowledge(context, event.id, "ignored_no_billed_period");
+  const intent = paymentIntentId(invoice.data.payment_intent) ??
+    paymentIntentId(invoice.data.payments?.data.find((entry) => entry.payment?.payment_intent)?.payment?.payment_intent);
   const result = await call("sp_process_subscription_invoice", {
     user_id: userId.data,
-    plan_id: planId,
+    stripe_price_id: linePrice(line)!,
     subscription_id: subscriptionId,
     period_start: new Date(line.period.start * 1000).toISOString(),
     period_end: new Date(line.period.end * 1000).toISOString(),
+    amount_paid_cents: invoice.data.amount_paid,
+    currency: invoice.data.currency,
+    stripe_invoice_id: invoice.data.id,
+    stripe_payment_intent_id: intent,
     stripe_event_id: event.id,
   }, { functionName: context.functionName, requestId: context.requestId });
   const code = (result.error as { code?: string } | undefined)?.code;
@@ -235,6 +280,19 @@ async function dispatch(context: RequestContext, call: RpcCall, event: Stripe.Ev
       const charge = event.data.object;
       const intent = paymentIntentId(charge.payment_intent);
       if (!intent) return acknowledge(context, event.id, "ignored_no_payment_intent");
+      // A refunded subscription invoice takes its period's credits back; anything else is a card
+      // top-up or a credit purchase for the procedure below.
+      const invoiceRefund = await call("sp_process_credit_invoice_refund", {
+        stripe_payment_intent_id: intent,
+        stripe_invoice_id: paymentIntentId((charge as { invoice?: string | { id: string } | null }).invoice),
+        stripe_charge_id: charge.id,
+        amount_refunded_cents: charge.amount_refunded,
+        currency: charge.currency,
+        stripe_event_id: event.id,
+      }, callContext);
+      if (invoiceRefund.outcome !== "not_a_subscription_invoice") {
+        return acknowledge(context, event.id, outcomeOf(invoiceRefund), invoiceRefund);
+      }
       const result = await call("sp_process_stripe_refund", {
         stripe_payment_intent_id: intent,
         stripe_charge_id: charge.id,
@@ -246,6 +304,17 @@ async function dispatch(context: RequestContext, call: RpcCall, event: Stripe.Ev
     }
     case "charge.dispute.created": {
       const dispute = event.data.object;
+      // A disputed credit purchase freezes its credits; anything else is the festival's.
+      const creditDispute = await call("sp_process_credit_dispute", {
+        stripe_payment_intent_id: paymentIntentId(dispute.payment_intent) ?? "",
+        stripe_charge_id: typeof dispute.charge === "string" ? dispute.charge : dispute.charge.id,
+        stripe_dispute_id: dispute.id,
+        amount_cents: dispute.amount,
+        stripe_event_id: event.id,
+      }, callContext);
+      if (creditDispute.outcome !== "not_a_credit_purchase") {
+        return acknowledge(context, event.id, outcomeOf(creditDispute), creditDispute);
+      }
       const result = await call("sp_process_stripe_dispute", {
         stripe_payment_intent_id: paymentIntentId(dispute.payment_intent) ?? "",
         stripe_charge_id: typeof dispute.charge === "string" ? dispute.charge : dispute.charge.id,
@@ -254,6 +323,18 @@ async function dispatch(context: RequestContext, call: RpcCall, event: Stripe.Ev
         stripe_event_id: event.id,
       }, callContext);
       return acknowledge(context, event.id, String(result.outcome), result);
+    }
+    case "charge.dispute.closed": {
+      const dispute = event.data.object;
+      const creditDispute = await call("sp_close_credit_dispute", {
+        stripe_payment_intent_id: paymentIntentId(dispute.payment_intent) ?? "",
+        stripe_charge_id: typeof dispute.charge === "string" ? dispute.charge : dispute.charge.id,
+        stripe_dispute_id: dispute.id,
+        amount_cents: dispute.amount,
+        status: dispute.status,
+        stripe_event_id: event.id,
+      }, callContext);
+      return acknowledge(context, event.id, outcomeOf(creditDispute), creditDispute);
     }
     default:
       // Acknowledged so that Stripe does not retry an event we do not use.
@@ -278,6 +359,8 @@ export function createStripeWebhookHandler(call: RpcCall): (request: Request) =>
         context.requestId,
       );
     }
+    // Stripe, proven by the signature, is the caller: its event ids are its keys.
+    recordCallerScope("stripe");
     try {
       return await dispatch(context, call, event);
     } catch (error) {

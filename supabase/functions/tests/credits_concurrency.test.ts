@@ -207,18 +207,19 @@ Deno.test("concurrency: unlock and payout of one hold racing -> exactly one wins
     await fund(client, buyer, rounds * 25);
     const orders: string[] = [];
     for (let round = 0; round < rounds; round++) {
-      orders.push(await lock(client, buyer, 25));
+      orders.push(await lock(client, buyer, provider, 25));
     }
     const races = await Promise.all(orders.map((orderId) =>
       Promise.all([
         client.call("unlock_credits", {
+          client_user_id: buyer,
           order_id: orderId,
           actor_user_id: buyer,
           client_request_id: uniqueKey("unlock"),
         }),
         client.call("payout_to_provider", {
+          client_user_id: buyer,
           order_id: orderId,
-          provider_id: provider,
           client_request_id: uniqueKey("payout"),
           actor_user_id: null,
         }),
@@ -250,20 +251,21 @@ Deno.test("concurrency: 10 releases of one hold from 10 keys at once -> released
   try {
     const [buyer, provider] = await createUsers(2);
     await fund(client, buyer, 40);
-    const orderId = await lock(client, buyer, 40);
+    const orderId = await lock(client, buyer, provider, 40);
     const results = await Promise.all(
       Array.from(
         { length: 10 },
         (_, index) =>
           index % 2 === 0
             ? client.call("unlock_credits", {
+              client_user_id: buyer,
               order_id: orderId,
               actor_user_id: buyer,
               client_request_id: uniqueKey("unlock"),
             })
             : client.call("payout_to_provider", {
+              client_user_id: buyer,
               order_id: orderId,
-              provider_id: provider,
               client_request_id: uniqueKey("payout"),
             }),
       ),
@@ -291,13 +293,14 @@ Deno.test("concurrency: 10 releases of one hold from 10 keys at once -> released
 Deno.test("concurrency: 10 locks for one order from 10 keys at once -> one hold, the others hold_already_exists", async () => {
   const client = rpcClient(10);
   try {
-    const [buyer] = await createUsers(1);
+    const [buyer, provider] = await createUsers(2);
     await fund(client, buyer, 100);
     const orderId = uniqueKey("order");
     const results = await Promise.all(
       Array.from({ length: 10 }, () =>
         client.call("lock_credits", {
           user_id: buyer,
+          provider_id: provider,
           amount: 10,
           order_id: orderId,
           client_request_id: uniqueKey("lock"),

@@ -99,14 +99,17 @@ export function book(
   });
 }
 
+/** Locks credits of `userId` for an order whose provider is `providerId`; returns the order id. */
 export async function lock(
   client: RpcClient,
   userId: string,
+  providerId: string,
   amount: number,
   orderId = uniqueKey("order"),
 ): Promise<string> {
   const result = await client.call("lock_credits", {
     user_id: userId,
+    provider_id: providerId,
     amount,
     order_id: orderId,
     client_request_id: uniqueKey("lock"),

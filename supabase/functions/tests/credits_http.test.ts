@@ -76,7 +76,7 @@ async function lockOrder(amount = 10): Promise<string> {
   const orderId = uniqueKey("http-order");
   const response = await post(
     "credits-escrow",
-    escrow("lock", { order_id: orderId, amount }),
+    escrow("lock", { order_id: orderId, provider_id: provider, amount }),
     tokens.client,
   );
   assert.equal(response.status, 200, JSON.stringify(response.body));
@@ -382,22 +382,23 @@ Deno.test("credits-escrow: lock, accept, unlock by the provider; then 409 hold_a
   const orderId = uniqueKey("http-order");
   const locked = await post(
     "credits-escrow",
-    escrow("lock", { order_id: orderId, amount: 30 }),
+    escrow("lock", { order_id: orderId, provider_id: provider, amount: 30 }),
     tokens.client,
   );
   assert.equal(locked.status, 200, JSON.stringify(locked.body));
   assert.equal(locked.body.status, "held");
   assert.equal(locked.body.user_id, client);
+  assert.equal(locked.body.provider_id, provider);
   const accepted = await post(
     "credits-escrow",
-    escrow("accept", { order_id: orderId }),
+    escrow("accept", { client_user_id: client, order_id: orderId }),
     tokens.provider,
   );
   assert.equal(accepted.status, 200, JSON.stringify(accepted.body));
   assert.equal(accepted.body.provider_id, provider);
   const byClient = await post(
     "credits-escrow",
-    escrow("unlock", { order_id: orderId }),
+    escrow("unlock", { client_user_id: client, order_id: orderId }),
     tokens.client,
   );
   assert.equal(
@@ -407,7 +408,7 @@ Deno.test("credits-escrow: lock, accept, unlock by the provider; then 409 hold_a
   );
   const unlocked = await post(
     "credits-escrow",
-    escrow("unlock", { order_id: orderId }),
+    escrow("unlock", { client_user_id: client, order_id: orderId }),
     tokens.provider,
   );
   assert.equal(unlocked.status, 200, JSON.stringify(unlocked.body));
@@ -415,7 +416,7 @@ Deno.test("credits-escrow: lock, accept, unlock by the provider; then 409 hold_a
   assert.equal(unlocked.body.user_id, client);
   const again = await post(
     "credits-escrow",
-    escrow("unlock", { order_id: orderId }),
+    escrow("unlock", { client_user_id: client, order_id: orderId }),
     tokens.provider,
   );
   assert.equal(again.status, 409);
@@ -426,14 +427,14 @@ Deno.test("credits-escrow: the client unlocks before acceptance; a stranger cann
   const orderId = await lockOrder();
   const byStranger = await post(
     "credits-escrow",
-    escrow("unlock", { order_id: orderId }),
+    escrow("unlock", { client_user_id: client, order_id: orderId }),
     tokens.stranger,
   );
   assert.equal(byStranger.status, 403);
   assert.equal(errorCodeOf(byStranger.body), "forbidden");
   const byClient = await post(
     "credits-escrow",
-    escrow("unlock", { order_id: orderId }),
+    escrow("unlock", { client_user_id: client, order_id: orderId }),
     tokens.client,
   );
   assert.equal(byClient.status, 200, JSON.stringify(byClient.body));
@@ -443,21 +444,21 @@ Deno.test("credits-escrow: payout by a non-admin user is 403; by an admin 200; t
   const orderId = await lockOrder();
   const byProvider = await post(
     "credits-escrow",
-    escrow("payout", { order_id: orderId, provider_id: provider }),
+    escrow("payout", { client_user_id: client, order_id: orderId }),
     tokens.provider,
   );
   assert.equal(byProvider.status, 403);
   assert.equal(errorCodeOf(byProvider.body), "forbidden");
   const byAdmin = await post(
     "credits-escrow",
-    escrow("payout", { order_id: orderId, provider_id: provider }),
+    escrow("payout", { client_user_id: client, order_id: orderId }),
     tokens.admin,
   );
   assert.equal(byAdmin.status, 200, JSON.stringify(byAdmin.body));
   assert.equal(byAdmin.body.status, "paid_out");
   const twice = await post(
     "credits-escrow",
-    escrow("payout", { order_id: orderId, provider_id: provider }),
+    escrow("payout", { client_user_id: client, order_id: orderId }),
     tokens.admin,
   );
   assert.equal(twice.status, 409);
@@ -466,7 +467,7 @@ Deno.test("credits-escrow: payout by a non-admin user is 403; by an admin 200; t
 
 Deno.test("credits-escrow: the service (service_role key) pays out; replay answers the same status and body", async () => {
   const orderId = await lockOrder();
-  const body = escrow("payout", { order_id: orderId, provider_id: provider });
+  const body = escrow("payout", { client_user_id: client, order_id: orderId });
   const first = await post("credits-escrow", body, tokens.service);
   assert.equal(first.status, 200, JSON.stringify(first.body));
   const second = await post("credits-escrow", body, tokens.service);
@@ -475,7 +476,7 @@ Deno.test("credits-escrow: the service (service_role key) pays out; replay answe
   assert.equal(second.body.replayed, true);
   const reused = await post("credits-escrow", {
     ...body,
-    provider_id: stranger,
+    client_user_id: stranger,
   }, tokens.service);
   assert.equal(reused.status, 422);
   assert.equal(errorCodeOf(reused.body), "idempotency_key_reused");
@@ -493,7 +494,7 @@ const escrowStatusCases: {
     send: () =>
       call("credits-escrow", {
         method: "POST",
-        json: escrow("lock", { order_id: uniqueKey("o"), amount: 1 }),
+        json: escrow("lock", { order_id: uniqueKey("o"), provider_id: provider, amount: 1 }),
       }),
   },
   {
@@ -502,7 +503,7 @@ const escrowStatusCases: {
     send: () =>
       post(
         "credits-escrow",
-        escrow("lock", { order_id: uniqueKey("o"), amount: 1 }),
+        escrow("lock", { order_id: uniqueKey("o"), provider_id: provider, amount: 1 }),
         tokens.otherSecret,
       ),
   },
@@ -513,7 +514,7 @@ const escrowStatusCases: {
     send: () =>
       post(
         "credits-escrow",
-        escrow("lock", { order_id: uniqueKey("o"), amount: 1 }),
+        escrow("lock", { order_id: uniqueKey("o"), provider_id: provider, amount: 1 }),
         tokens.service,
       ),
   },
@@ -524,7 +525,7 @@ const escrowStatusCases: {
     send: () =>
       post(
         "credits-escrow",
-        escrow("unlock", { order_id: uniqueKey("o") }),
+        escrow("unlock", { client_user_id: client, order_id: uniqueKey("o") }),
         tokens.anon,
       ),
   },
@@ -535,7 +536,7 @@ const escrowStatusCases: {
     send: () =>
       post(
         "credits-escrow",
-        escrow("lock", { order_id: uniqueKey("o"), amount: 5 }),
+        escrow("lock", { order_id: uniqueKey("o"), provider_id: provider, amount: 5 }),
         tokens.broke,
       ),
   },
@@ -546,7 +547,7 @@ const escrowStatusCases: {
     send: () =>
       post(
         "credits-escrow",
-        escrow("accept", { order_id: uniqueKey("o") }),
+        escrow("accept", { client_user_id: client, order_id: uniqueKey("o") }),
         tokens.provider,
       ),
   },
@@ -557,7 +558,7 @@ const escrowStatusCases: {
     send: () =>
       post(
         "credits-escrow",
-        escrow("unlock", { order_id: uniqueKey("o") }),
+        escrow("unlock", { client_user_id: client, order_id: uniqueKey("o") }),
         tokens.client,
       ),
   },
@@ -568,7 +569,7 @@ const escrowStatusCases: {
     send: () =>
       post(
         "credits-escrow",
-        escrow("payout", { order_id: uniqueKey("o"), provider_id: provider }),
+        escrow("payout", { client_user_id: client, order_id: uniqueKey("o") }),
         tokens.service,
       ),
   },
@@ -580,23 +581,34 @@ const escrowStatusCases: {
       const orderId = await lockOrder();
       return post(
         "credits-escrow",
-        escrow("lock", { order_id: orderId, amount: 10 }),
+        escrow("lock", { order_id: orderId, provider_id: provider, amount: 10 }),
         tokens.client,
       );
     },
   },
   {
-    name: "the client accepting their own order",
-    status: 422,
-    code: "self_booking",
+    name: "the client accepting their own order (only the named provider may)",
+    status: 403,
+    code: "forbidden",
     send: async () => {
       const orderId = await lockOrder();
       return post(
         "credits-escrow",
-        escrow("accept", { order_id: orderId }),
+        escrow("accept", { client_user_id: client, order_id: orderId }),
         tokens.client,
       );
     },
+  },
+  {
+    name: "the client naming themselves as the provider",
+    status: 422,
+    code: "self_booking",
+    send: () =>
+      post(
+        "credits-escrow",
+        escrow("lock", { order_id: uniqueKey("o"), provider_id: client, amount: 1 }),
+        tokens.client,
+      ),
   },
 ];
 
@@ -620,49 +632,64 @@ const badEscrow: { name: string; body: unknown; token?: string }[] = [
   },
   {
     name: "lock amount zero",
-    body: escrow("lock", { order_id: "o-1", amount: 0 }),
+    body: escrow("lock", { order_id: "o-1", provider_id: provider, amount: 0 }),
   },
   {
     name: "lock amount float",
-    body: escrow("lock", { order_id: "o-1", amount: 2.5 }),
+    body: escrow("lock", { order_id: "o-1", provider_id: provider, amount: 2.5 }),
   },
   {
     name: "lock amount as string",
-    body: escrow("lock", { order_id: "o-1", amount: "5" }),
+    body: escrow("lock", { order_id: "o-1", provider_id: provider, amount: "5" }),
   },
   {
     name: "lock amount above 1,000,000",
-    body: escrow("lock", { order_id: "o-1", amount: 1_000_001 }),
+    body: escrow("lock", { order_id: "o-1", provider_id: provider, amount: 1_000_001 }),
   },
-  { name: "lock without order id", body: escrow("lock", { amount: 1 }) },
+  { name: "lock without order id", body: escrow("lock", { provider_id: provider, amount: 1 }) },
+  { name: "lock without provider", body: escrow("lock", { order_id: "o-1", amount: 1 }) },
+  {
+    name: "lock provider not a uuid",
+    body: escrow("lock", { order_id: "o-1", provider_id: "prov", amount: 1 }),
+  },
   {
     name: "lock naming the user",
-    body: escrow("lock", { order_id: "o-1", amount: 1, user_id: client }),
+    body: escrow("lock", { order_id: "o-1", provider_id: provider, amount: 1, user_id: client }),
+  },
+  {
+    name: "accept without the client",
+    body: escrow("accept", { order_id: "o-1" }),
+    token: tokens.provider,
   },
   {
     name: "accept naming the provider",
-    body: escrow("accept", { order_id: "o-1", provider_id: provider }),
+    body: escrow("accept", { client_user_id: client, order_id: "o-1", provider_id: provider }),
+  },
+  {
+    name: "unlock without the client",
+    body: escrow("unlock", { order_id: "o-1" }),
   },
   {
     name: "unlock naming the actor",
-    body: escrow("unlock", { order_id: "o-1", actor_user_id: admin }),
+    body: escrow("unlock", { client_user_id: client, order_id: "o-1", actor_user_id: admin }),
   },
   {
-    name: "payout without provider",
-    body: escrow("payout", { order_id: "o-1" }),
+    name: "payout naming a recipient",
+    body: escrow("payout", { client_user_id: client, order_id: "o-1", provider_id: provider }),
+    token: tokens.admin,
   },
   {
-    name: "payout provider not a uuid",
-    body: escrow("payout", { order_id: "o-1", provider_id: "prov" }),
+    name: "payout client not a uuid",
+    body: escrow("payout", { client_user_id: "client", order_id: "o-1" }),
     token: tokens.admin,
   },
   {
     name: "order id of 256 characters",
-    body: escrow("unlock", { order_id: "o".repeat(256) }),
+    body: escrow("unlock", { client_user_id: client, order_id: "o".repeat(256) }),
   },
   {
     name: "missing idempotency key",
-    body: { action: "unlock", order_id: "o-1" },
+    body: { action: "unlock", client_user_id: client, order_id: "o-1" },
   },
 ];
 

@@ -1,31 +1,58 @@
-// Practitioner credits through Stripe, end to end over the webhook: credit purchases (exactly once,
-// pending / failed / cancelled recorded without balance change, refunds never below zero, unknown
-// users retried) and subscription invoices allocating a period once, even delivered concurrently.
+// Practitioner credits through Stripe, end to end over the webhook: credit purchases bought through
+// create-credit-checkout (exactly once, pending / failed / cancelled recorded without balance change,
+// refunds never below zero, sessions without a pending purchase not credited) and subscription
+// invoices allocating a period once, even delivered concurrently.
 
 import assert from "node:assert/strict";
-import { connectDatabase } from "./http_helpers.ts";
+import { call, connectDatabase } from "./http_helpers.ts";
 import { deliver, event } from "./stripe_helpers.ts";
-import { assertLedgerReconciles, book, createUsers, creditBalance, rpcClient } from "./credits_fixtures.ts";
+import { assertLedgerReconciles, book, createUsers, creditBalance, rpcClient, uniqueKey } from "./credits_fixtures.ts";
+import { userToken } from "../../../scripts/lib/tokens.ts";
 
-function purchaseSession(userId: string, credits: number, amountCents: number, paymentStatus = "paid") {
+/** A credit purchase made through create-credit-checkout, as the session Stripe sends back. */
+async function purchaseSession(userId: string, packageCode: string, paymentStatus = "paid") {
+  const created = await call("create-credit-checkout", {
+    method: "POST",
+    token: await userToken(userId),
+    json: {
+      package_code: packageCode,
+      success_url: "http://127.0.0.1:3000/credits/ok",
+      cancel_url: "http://127.0.0.1:3000/credits/cancel",
+      client_request_id: uniqueKey("credit-checkout"),
+    },
+  });
+  assert.equal(created.status, 200, JSON.stringify(created.body));
   const id = crypto.randomUUID().replaceAll("-", "");
   return {
-    id: `cs_credit_${id}`,
+    id: String(created.body.session_id),
     object: "checkout.session",
-    amount_total: amountCents,
+    amount_total: Number(created.body.amount_cents),
     currency: "eur",
     payment_status: paymentStatus,
     payment_intent: `pi_credit_${id}`,
-    metadata: { kind: "credit_purchase", user_id: userId, credits: String(credits) },
+    metadata: {
+      kind: "credit_purchase",
+      user_id: userId,
+      credits: String(created.body.credits),
+      purchase_id: String(created.body.purchase_id),
+    },
   };
 }
 
+/** An invoice billing `planId`'s Stripe price (plans are keyed by it) for one period. */
 function invoice(userId: string, planId: string, subscriptionId: string, periodStart: number) {
   return {
     id: `in_${crypto.randomUUID().replaceAll("-", "")}`,
     object: "invoice",
-    parent: { subscription_details: { subscription: subscriptionId, metadata: { user_id: userId, plan_id: planId } } },
-    lines: { data: [{ period: { start: periodStart, end: periodStart + 30 * 24 * 3600 } }] },
+    amount_paid: 2900,
+    currency: "eur",
+    parent: { subscription_details: { subscription: subscriptionId, metadata: { user_id: userId } } },
+    lines: {
+      data: [{
+        period: { start: periodStart, end: periodStart + 30 * 24 * 3600 },
+        pricing: { price_details: { price: planId } },
+      }],
+    },
   };
 }
 
@@ -33,7 +60,7 @@ async function createPlan(monthlyCredits: number): Promise<string> {
   const planId = `plan_${crypto.randomUUID().slice(0, 8)}`;
   const sql = connectDatabase(1);
   try {
-    await sql`insert into credits.plans (plan_id, monthly_credits) values (${planId}, ${monthlyCredits})`;
+    await sql`insert into credits.plans (plan_id, monthly_credits, stripe_price_id) values (${planId}, ${monthlyCredits}, ${planId})`;
   } finally {
     await sql.end();
   }
@@ -52,7 +79,7 @@ async function count(query: string, ...values: string[]): Promise<number> {
 
 Deno.test("credit purchase: the same event 10 times concurrently, plus async_payment_succeeded, credits once", async () => {
   const [userId] = await createUsers(1);
-  const session = purchaseSession(userId, 120, 6000);
+  const session = await purchaseSession(userId, "CREDITS-100");
   const completed = event("checkout.session.completed", session);
   const results = await Promise.all([
     ...Array.from({ length: 10 }, () => deliver(completed)),
@@ -62,19 +89,19 @@ Deno.test("credit purchase: the same event 10 times concurrently, plus async_pay
   // One delivery credits; the other deliveries of that event replay its result, the other event finds it done.
   assert.equal(results.filter((result) => result.body.outcome === "credited" && result.body.result.replayed === false).length, 1);
   assert.equal(results.filter((result) => result.body.result.replayed === true).length, 9);
-  assert.equal(await creditBalance(userId), 120);
+  assert.equal(await creditBalance(userId), 100);
   assert.equal(await count("select count(*) from credits.credit_transactions where user_id = $1 and type = 'purchase'", userId), 1);
   await assertLedgerReconciles();
 });
 
 Deno.test("credit purchase: pending, failed and cancelled payments are recorded and change no balance", async () => {
   const [userId] = await createUsers(1);
-  const pending = purchaseSession(userId, 50, 2500, "unpaid");
+  const pending = await purchaseSession(userId, "CREDITS-50", "unpaid");
   const waiting = await deliver(event("checkout.session.completed", pending));
   assert.equal(waiting.body.outcome, "payment_pending");
   const failed = await deliver(event("checkout.session.async_payment_failed", pending));
   assert.equal(failed.body.outcome, "marked_failed");
-  const expired = purchaseSession(userId, 50, 2500, "unpaid");
+  const expired = await purchaseSession(userId, "CREDITS-50", "unpaid");
   const cancelled = await deliver(event("checkout.session.expired", expired));
   assert.equal(cancelled.body.outcome, "marked_cancelled");
   const sql = connectDatabase(1);
@@ -90,10 +117,10 @@ Deno.test("credit purchase: pending, failed and cancelled payments are recorded 
 
 Deno.test("credit purchase: partial then full refund reduce credits in proportion; a spent balance leaves a receivable", async () => {
   const [buyer, other] = await createUsers(2);
-  const session = purchaseSession(buyer, 100, 5000);
+  const session = await purchaseSession(buyer, "CREDITS-100");
   await deliver(event("checkout.session.completed", session));
-  const charge = (refunded: number) => ({ id: `ch_${session.payment_intent}`, object: "charge", payment_intent: session.payment_intent, amount: 5000, amount_refunded: refunded, currency: "eur" });
-  const partial = await deliver(event("charge.refunded", charge(1000)));
+  const charge = (refunded: number) => ({ id: `ch_${session.payment_intent}`, object: "charge", payment_intent: session.payment_intent, amount: 8000, amount_refunded: refunded, currency: "eur" });
+  const partial = await deliver(event("charge.refunded", charge(1600)));
   assert.equal(partial.body.result.credits_reversed, 20);
   assert.equal(await creditBalance(buyer), 80);
   // The buyer spends 70 credits, then the rest of the payment is refunded: 80 more to take, 10 left.
@@ -101,7 +128,7 @@ Deno.test("credit purchase: partial then full refund reduce credits in proportio
   const booked = await book(client, buyer, other, 70);
   await client.end();
   assert.equal(booked.ok, true);
-  const full = await deliver(event("charge.refunded", charge(5000)));
+  const full = await deliver(event("charge.refunded", charge(8000)));
   assert.equal(full.body.result.credits_reversed, 80);
   assert.equal(full.body.result.taken_from_balance_credits, 10);
   assert.equal(full.body.result.receivable_credits, 70);
@@ -111,25 +138,26 @@ Deno.test("credit purchase: partial then full refund reduce credits in proportio
   await assertLedgerReconciles();
 });
 
-Deno.test("credit purchase: a user who does not exist is 404 (recorded), and the retry credits once the user exists", async () => {
+Deno.test("credit purchase: a session for a user who does not exist (no pending purchase) is 200 payment_mismatch, no user or account created", async () => {
+  // Sessions are credited only against a pending purchase, which create-credit-checkout makes for
+  // an existing user: metadata naming anyone else buys nothing, and Stripe need not retry.
   const userId = crypto.randomUUID();
-  const completed = event("checkout.session.completed", purchaseSession(userId, 40, 2000));
+  const id = crypto.randomUUID().replaceAll("-", "");
+  const completed = event("checkout.session.completed", {
+    id: `cs_credit_${id}`,
+    object: "checkout.session",
+    amount_total: 2000,
+    currency: "eur",
+    payment_status: "paid",
+    payment_intent: `pi_credit_${id}`,
+    metadata: { kind: "credit_purchase", user_id: userId, credits: "40" },
+  });
   const first = await deliver(completed);
-  assert.equal(first.status, 404);
-  assert.equal(first.body.error.code, "unmatched_payment");
-  assert.equal(await count("select count(*) from credits.unmatched_payments where user_id = $1 and resolved_at is null", userId), 1);
+  assert.equal(first.status, 200);
+  assert.equal(first.body.outcome, "payment_mismatch");
+  assert.equal(await count("select count(*) from credits.unmatched_payments where user_id = $1", userId), 0);
   assert.equal(await count("select count(*) from credits.user_accounts where user_id = $1", userId), 0, "payments never create users");
-  const sql = connectDatabase(1);
-  try {
-    await sql`insert into auth.users (id, aud, role, email) values (${userId}, 'authenticated', 'authenticated', ${`${userId}@late.test`})`;
-  } finally {
-    await sql.end();
-  }
-  const retry = await deliver(completed);
-  assert.equal(retry.status, 200);
-  assert.equal(retry.body.outcome, "credited");
-  assert.equal(await creditBalance(userId), 40);
-  assert.equal(await count("select count(*) from credits.unmatched_payments where user_id = $1 and resolved_at is not null", userId), 1);
+  assert.equal(await count("select count(*) from auth.users where id = $1", userId), 0);
   await assertLedgerReconciles();
 });
 
@@ -163,7 +191,7 @@ Deno.test("invoice.payment_succeeded: an unknown plan is 404 with one alert, ret
   assert.equal(await count("select count(*) from ops.alerts where kind = 'plan_not_found' and stripe_object_id = $1", subscriptionId), 1);
   const sql = connectDatabase(1);
   try {
-    await sql`insert into credits.plans (plan_id, monthly_credits) values (${planId}, 75)`;
+    await sql`insert into credits.plans (plan_id, monthly_credits, stripe_price_id) values (${planId}, 75, ${planId})`;
   } finally {
     await sql.end();
   }

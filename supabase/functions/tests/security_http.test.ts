@@ -61,7 +61,9 @@ Deno.test("card PIN: the anon key reads a card only with its PIN, and never sees
   assert.equal(movements.length, 1);
   assert.equal("location" in movements[0], false, "anonymous readers never see where a card was used");
 
-  assert.equal((await readCard(cardId, { pinInQuery: pin })).status, 200, "the PIN may come in the query too");
+  const inUrl = await readCard(cardId, { pinInQuery: pin });
+  assert.equal(inUrl.status, 400, "a PIN in the URL is refused: logs and histories keep URLs");
+  assert.equal(viaHeader.headers.get("cache-control"), "no-store");
 
   const staff = await readCard(cardId, { token: tokens.cashier });
   assert.equal(staff.status, 200, "staff read without a PIN");
@@ -70,6 +72,27 @@ Deno.test("card PIN: the anon key reads a card only with its PIN, and never sees
   const badFormat = await readCard(cardId, { pin: "12ab" });
   assert.equal(badFormat.status, 400);
   assert.deepEqual((badFormat.body.error as { fields: { path: string }[] }).fields.map((field) => field.path), ["x-card-pin"]);
+});
+
+Deno.test("card PIN: an admin gives a card a new PIN, answered once; the old one stops working", async () => {
+  const { cardId, pin } = await cardWithPin();
+  const admin = await userToken(ADMIN);
+  const key = uniqueKey("pin-reset");
+  const reset = await call("admin-cards", { method: "POST", token: admin, json: { action: "reset_pin", card_id: cardId, client_request_id: key } });
+  assert.equal(reset.status, 200, JSON.stringify(reset.body));
+  const newPin = String(reset.body.pin);
+  assert.match(newPin, /^[0-9]{6}$/);
+  const replay = await call("admin-cards", { method: "POST", token: admin, json: { action: "reset_pin", card_id: cardId, client_request_id: key } });
+  assert.equal(replay.body.pin, undefined, "a replay never answers the PIN again");
+  assert.equal(replay.body.pin_withheld, true);
+  if (newPin !== pin) assert.equal((await readCard(cardId, { pin })).status, 401);
+  assert.equal((await readCard(cardId, { pin: newPin })).status, 200);
+  const byCashier = await call("admin-cards", {
+    method: "POST",
+    token: tokens.cashier,
+    json: { action: "reset_pin", card_id: cardId, client_request_id: uniqueKey("pin-reset") },
+  });
+  assert.equal(byCashier.status, 403);
 });
 
 Deno.test("card PIN: five wrong PINs lock the card (429), across requests; staff still read it", async () => {

@@ -3,7 +3,7 @@
 -- sold to or recharged.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(89);
+select plan(95);
 
 -- Seeded staff (DESIGN §10).
 create function pg_temp.admin() returns uuid language sql immutable as $$ select '00000000-0000-4000-8000-00000000a001'::uuid $$;
@@ -86,8 +86,12 @@ select 'register replay', 'reg-1', public.sp_admin_register_cards(
 
 select is(
   pg_temp.response('register replay'),
-  pg_temp.response('register') || '{"replayed": true}'::jsonb,
-  'register replay: the identical response with replayed true'
+  (pg_temp.response('register') - 'pins') || '{"replayed": true, "pins_withheld": true}'::jsonb,
+  'register replay: the same response with replayed true, but the PINs are never answered twice'
+);
+select is(
+  (select response from ledger.idempotency_keys where key = 'reg-1') ? 'pins', false,
+  'register: the stored response does not keep the PINs'
 );
 select is(
   (select row(count(*), (select count(*) from ledger.accounts))::text from festival.cards),
@@ -127,9 +131,10 @@ select is(
 select is(pg_temp.card_status('DEMO-0002'), 'active', 'the block under a reused key did not block the card');
 select is(
   (select response from ledger.idempotency_keys where key = 'reg-1'),
-  pg_temp.response('register'),
+  (pg_temp.response('register') - 'pins') || '{"pins_withheld": true}'::jsonb,
   'reuse attempts leave the stored response unchanged'
 );
+
 
 -- Boundaries: 1000 ids and a 255-character key are accepted.
 insert into calls (name, client_request_id, response)
@@ -476,6 +481,29 @@ select is_empty(
 
 select is((select sum(balance_cents)::bigint from ledger.account_balances), 0::bigint, 'the sum of all balances is zero');
 select is_empty('select * from public.ledger_reconcile()', 'ledger_reconcile reports nothing after the card administration tests');
+
+-- A new PIN for a card (lost, leaked, or registered before PINs existed).
+insert into calls (name, client_request_id, response)
+select 'reset pin', 'pin-reset-1', public.sp_admin_reset_card_pin('TEST-0001', pg_temp.admin(), 'pin-reset-1');
+select ok(
+  (select extensions.crypt(pg_temp.response('reset pin') ->> 'pin', pin_hash) = pin_hash and pin_failed_attempts = 0
+   from festival.cards where id = 'TEST-0001')
+    and pg_temp.response('reset pin') ->> 'pin' ~ '^[0-9]{6}$',
+  'reset pin: a new 6-digit PIN that the stored hash verifies'
+);
+select is(
+  public.sp_admin_reset_card_pin('TEST-0001', pg_temp.admin(), 'pin-reset-1') - 'replayed',
+  (pg_temp.response('reset pin') - 'pin' - 'replayed') || '{"pin_withheld": true}'::jsonb,
+  'reset pin replay: the PIN is not answered twice'
+);
+select is(
+  public.sp_admin_reset_card_pin('TEST-0001', '00000000-0000-4000-8000-00000000c001', 'pin-reset-2') #>> '{error,code}',
+  'forbidden', 'reset pin: only admins');
+select is(
+  public.sp_admin_reset_card_pin('NO-SUCH-CARD', pg_temp.admin(), 'pin-reset-3') #>> '{error,code}',
+  'card_not_found', 'reset pin: unknown card');
+select throws_ok($$ select public.sp_admin_reset_card_pin('bad id', '00000000-0000-4000-8000-00000000a001', 'k') $$,
+  '22023', null, 'reset pin: invalid card id raises');
 
 select * from finish();
 rollback;

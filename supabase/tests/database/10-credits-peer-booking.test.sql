@@ -218,7 +218,7 @@ select is(pg_temp.balance(pg_temp.booker()), 180::bigint, 'replayed failure: not
 
 insert into responses select 'reused', pg_temp.book(pg_temp.booker(), pg_temp.treating(), 31, 'booking-1', 'pb-success');
 insert into responses select 'reused-other-booking', pg_temp.book(pg_temp.booker(), pg_temp.treating(), 30, 'booking-7', 'pb-success');
-select ok((public.lock_credits(pg_temp.booker(), 5, 'pb-order', 'pb-cross') ->> 'ok')::boolean,
+select ok((public.lock_credits(pg_temp.booker(), pg_temp.treating(), 5, 'pb-order', 'pb-cross') ->> 'ok')::boolean,
   'setup: a credit lock uses key pb-cross');
 insert into responses select 'reused-cross', pg_temp.book(pg_temp.booker(), pg_temp.treating(), 5, 'booking-8', 'pb-cross');
 select is(pg_temp.response('reused') #>> '{error,code}', 'idempotency_key_reused', 'same key, other credits: idempotency_key_reused');

@@ -1,7 +1,9 @@
 -- Practitioner credits (issue 6): escrow for marketplace orders. public.lock_credits,
 -- accept_credit_order, unlock_credits, payout_to_provider: who may do what, a hold is released
 -- once (unlock or payout, never both, never twice), every error code, replay, key reuse, invalid
--- arguments, denied roles, and a reconciled ledger with its escrow check.
+-- arguments, denied roles, and a reconciled ledger with its escrow check. Since issue 9 the
+-- provider is named at lock and a hold is named by its client and order id (the helpers below pass
+-- the one client of this file); 14-credits-escrow-integrity covers what that changed.
 begin;
 create extension if not exists pgtap with schema extensions;
 select plan(99);
@@ -43,21 +45,25 @@ $$;
 create function pg_temp.hold_status(p_order_id text) returns text
 language sql stable as $$ select status from credits.escrow_holds where order_id = p_order_id $$;
 
-create function pg_temp.lock(p_user_id uuid, p_amount bigint, p_order_id text, p_key text) returns jsonb
+create function pg_temp.lock(p_user_id uuid, p_amount bigint, p_order_id text, p_key text,
+  p_provider_id uuid default 'c0000000-0000-4000-8000-000000000e02') returns jsonb
 language sql as $$
-  select public.lock_credits(user_id => p_user_id, amount => p_amount, order_id => p_order_id, client_request_id => p_key)
+  select public.lock_credits(user_id => p_user_id, provider_id => p_provider_id, amount => p_amount, order_id => p_order_id,
+    client_request_id => p_key)
 $$;
 create function pg_temp.accept(p_order_id text, p_provider_id uuid, p_key text) returns jsonb
 language sql as $$
-  select public.accept_credit_order(order_id => p_order_id, provider_id => p_provider_id, client_request_id => p_key)
+  select public.accept_credit_order(client_user_id => pg_temp.client(), order_id => p_order_id, provider_id => p_provider_id,
+    client_request_id => p_key)
 $$;
 create function pg_temp.unlock(p_order_id text, p_actor uuid, p_key text) returns jsonb
 language sql as $$
-  select public.unlock_credits(order_id => p_order_id, actor_user_id => p_actor, client_request_id => p_key)
+  select public.unlock_credits(client_user_id => pg_temp.client(), order_id => p_order_id, actor_user_id => p_actor,
+    client_request_id => p_key)
 $$;
-create function pg_temp.payout(p_order_id text, p_provider_id uuid, p_key text, p_actor uuid default null) returns jsonb
+create function pg_temp.payout(p_order_id text, p_key text, p_actor uuid default null) returns jsonb
 language sql as $$
-  select public.payout_to_provider(order_id => p_order_id, provider_id => p_provider_id, client_request_id => p_key,
+  select public.payout_to_provider(client_user_id => pg_temp.client(), order_id => p_order_id, client_request_id => p_key,
     actor_user_id => p_actor)
 $$;
 
@@ -72,14 +78,15 @@ insert into responses select 'lock', pg_temp.lock(pg_temp.client(), 100, 'order-
 
 select is(pg_temp.response('lock') - 'transaction_id',
   jsonb_build_object('ok', true, 'replayed', false, 'order_id', 'order-1', 'status', 'held', 'user_id', pg_temp.client(),
+    'client_user_id', pg_temp.client(), 'provider_id', pg_temp.provider(),
     'amount_credits', 100, 'balance_before_credits', 1000, 'balance_after_credits', 900),
   'lock: the hold and the client''s balance before and after');
 select results_eq(
   $$ select h.client_user_id, h.provider_id, h.amount_credits, h.status, h.lock_operation_id, a.kind, a.code, a.balance_cents
      from credits.escrow_holds h join ledger.accounts a on a.id = h.account_id where h.order_id = 'order-1' $$,
-  $$ values (pg_temp.client(), null::uuid, 100::bigint, 'held', (pg_temp.response('lock') ->> 'transaction_id')::bigint,
-       'escrow_hold', 'escrow_hold:order-1', 100::bigint) $$,
-  'lock: a held hold with its own escrow account holding the credits'
+  $$ values (pg_temp.client(), pg_temp.provider(), 100::bigint, 'held', (pg_temp.response('lock') ->> 'transaction_id')::bigint,
+       'escrow_hold', 'escrow_hold:' || pg_temp.client() || ':' || (pg_temp.response('lock') ->> 'transaction_id'), 100::bigint) $$,
+  'lock: a held hold for the named provider with its own escrow account holding the credits'
 );
 select is(pg_temp.balance(pg_temp.client()), 900::bigint, 'lock: the client is debited');
 select results_eq(
@@ -133,8 +140,8 @@ insert into responses select 'accept-replay', pg_temp.accept('order-1', pg_temp.
 insert into responses select 'accept-reused', pg_temp.accept('order-2', pg_temp.provider(), 'es-accept');
 
 select is(pg_temp.code('accept-unknown'), 'hold_not_found', 'accept an unknown order: hold_not_found');
-select is(pg_temp.code('accept-self'), 'self_booking', 'the client accepting their own order: self_booking');
-select is(pg_temp.code('accept-ghost'), 'user_not_found', 'accept by an unknown provider: user_not_found');
+select is(pg_temp.code('accept-self'), 'forbidden', 'the client accepting their own order: forbidden (not the provider)');
+select is(pg_temp.code('accept-ghost'), 'forbidden', 'accept by an unknown user: forbidden (not the provider)');
 select is(pg_temp.response('accept') - 'accepted_at',
   jsonb_build_object('ok', true, 'replayed', false, 'order_id', 'order-1', 'status', 'accepted',
     'client_user_id', pg_temp.client(), 'provider_id', pg_temp.provider(), 'amount_credits', 100),
@@ -207,7 +214,7 @@ select results_eq(
 );
 
 insert into responses select 'unlock-twice', pg_temp.unlock('order-1', pg_temp.client(), 'es-unlock-twice');
-insert into responses select 'payout-after-unlock', pg_temp.payout('order-1', pg_temp.provider(), 'es-payout-after-unlock');
+insert into responses select 'payout-after-unlock', pg_temp.payout('order-1', 'es-payout-after-unlock');
 insert into responses select 'unlock-replay', pg_temp.unlock('order-1', pg_temp.provider(), 'es-unlock-provider');
 insert into responses select 'unlock-released-stranger', pg_temp.unlock('order-1', pg_temp.stranger(), 'es-unlock-released-stranger');
 select is((pg_temp.response('unlock-twice') -> 'error') - 'message',
@@ -246,23 +253,24 @@ select results_eq(
 -- ---------------------------------------------------------------------------------------------
 
 select ok((pg_temp.lock(pg_temp.client(), 70, 'order-4', 'es-lock-4') ->> 'ok')::boolean, 'setup: order-4 locked');
-insert into responses select 'payout-by-user', pg_temp.payout('order-4', pg_temp.provider(), 'es-payout-by-user', pg_temp.provider());
-insert into responses select 'payout-by-client', pg_temp.payout('order-4', pg_temp.provider(), 'es-payout-by-client', pg_temp.client());
-insert into responses select 'payout-unknown', pg_temp.payout('order-unknown', pg_temp.provider(), 'es-payout-unknown');
-insert into responses select 'payout-to-client', pg_temp.payout('order-4', pg_temp.client(), 'es-payout-to-client');
-insert into responses select 'payout-to-ghost', pg_temp.payout('order-4', pg_temp.ghost(), 'es-payout-to-ghost');
+insert into responses select 'payout-by-user', pg_temp.payout('order-4', 'es-payout-by-user', pg_temp.provider());
+insert into responses select 'payout-by-client', pg_temp.payout('order-4', 'es-payout-by-client', pg_temp.client());
+insert into responses select 'payout-unknown', pg_temp.payout('order-unknown', 'es-payout-unknown');
+-- Nobody chooses the recipient of a payout any more: the provider is named at lock.
+insert into responses select 'payout-to-client', pg_temp.lock(pg_temp.client(), 1, 'order-to-client', 'es-payout-to-client', pg_temp.client());
+insert into responses select 'payout-to-ghost', pg_temp.lock(pg_temp.client(), 1, 'order-to-ghost', 'es-payout-to-ghost', pg_temp.ghost());
 select is(pg_temp.code('payout-by-user'), 'forbidden', 'a provider cannot pay themselves out: forbidden');
 select is(pg_temp.code('payout-by-client'), 'forbidden', 'a client who is not an admin cannot pay out: forbidden');
 select is(pg_temp.code('payout-unknown'), 'hold_not_found', 'payout of an unknown order: hold_not_found');
-select is(pg_temp.code('payout-to-client'), 'self_booking', 'paying the client their own order: self_booking');
-select is(pg_temp.code('payout-to-ghost'), 'user_not_found', 'payout to an unknown provider: user_not_found');
+select is(pg_temp.code('payout-to-client'), 'self_booking', 'naming the client as the provider of their own order: self_booking');
+select is(pg_temp.code('payout-to-ghost'), 'user_not_found', 'naming an unknown provider: user_not_found');
 select results_eq(
   $$ select pg_temp.hold_status('order-4'), pg_temp.hold_balance('order-4') $$,
   $$ values ('held', 70::bigint) $$,
   'refused payouts move nothing'
 );
 
-insert into responses select 'payout-service', pg_temp.payout('order-4', pg_temp.provider(), 'es-payout-service');
+insert into responses select 'payout-service', pg_temp.payout('order-4', 'es-payout-service');
 select is(pg_temp.response('payout-service') - 'transaction_id',
   jsonb_build_object('ok', true, 'replayed', false, 'order_id', 'order-4', 'status', 'paid_out', 'user_id', pg_temp.provider(),
     'client_user_id', pg_temp.client(), 'provider_id', pg_temp.provider(), 'amount_credits', 70,
@@ -287,14 +295,14 @@ select results_eq(
   'payout: one log row, no actor (the service)'
 );
 
-insert into responses select 'payout-twice', pg_temp.payout('order-4', pg_temp.provider(), 'es-payout-twice');
+insert into responses select 'payout-twice', pg_temp.payout('order-4', 'es-payout-twice');
 insert into responses select 'unlock-after-payout', pg_temp.unlock('order-4', pg_temp.client(), 'es-unlock-after-payout');
-insert into responses select 'payout-replay', pg_temp.payout('order-4', pg_temp.provider(), 'es-payout-service');
-insert into responses select 'payout-reused', pg_temp.payout('order-4', pg_temp.other_provider(), 'es-payout-service');
+insert into responses select 'payout-replay', pg_temp.payout('order-4', 'es-payout-service');
+insert into responses select 'payout-reused', pg_temp.payout('order-4', 'es-payout-service', pg_temp.admin());
 select is(pg_temp.code('payout-twice'), 'hold_already_released', 'paying out twice: hold_already_released');
 select is(pg_temp.code('unlock-after-payout'), 'hold_already_released', 'unlocking a paid-out hold: hold_already_released');
 select is(pg_temp.response('payout-replay'), pg_temp.response('payout-service') || '{"replayed": true}', 'payout replay');
-select is(pg_temp.code('payout-reused'), 'idempotency_key_reused', 'payout: same key, other provider: idempotency_key_reused');
+select is(pg_temp.code('payout-reused'), 'idempotency_key_reused', 'payout: same key, other actor: idempotency_key_reused');
 select results_eq(
   $$ select pg_temp.balance(pg_temp.provider()), pg_temp.balance(pg_temp.client()),
        (select count(*) from credits.credit_transactions where order_id = 'order-4') $$,
@@ -302,16 +310,18 @@ select results_eq(
   'released once: nothing moves after the payout'
 );
 
--- An admin pays out an accepted order, to the provider who accepted it only.
-select ok((pg_temp.lock(pg_temp.client(), 80, 'order-5', 'es-lock-5') ->> 'ok')::boolean, 'setup: order-5 locked');
-select ok((pg_temp.accept('order-5', pg_temp.provider(), 'es-accept-5') ->> 'ok')::boolean, 'setup: order-5 accepted');
-insert into responses select 'payout-wrong-provider', pg_temp.payout('order-5', pg_temp.other_provider(), 'es-payout-wrong', pg_temp.admin());
-insert into responses select 'payout-admin', pg_temp.payout('order-5', pg_temp.provider(), 'es-payout-admin', pg_temp.admin());
-select is(pg_temp.code('payout-wrong-provider'), 'forbidden', 'payout to another provider than the one who accepted: forbidden');
+-- An admin pays out an accepted order, to the provider named at lock only.
+select ok((pg_temp.lock(pg_temp.client(), 80, 'order-5', 'es-lock-5', pg_temp.other_provider()) ->> 'ok')::boolean,
+  'setup: order-5 locked for the other provider');
+insert into responses select 'payout-wrong-provider', pg_temp.accept('order-5', pg_temp.provider(), 'es-payout-wrong');
+select ok((pg_temp.accept('order-5', pg_temp.other_provider(), 'es-accept-5') ->> 'ok')::boolean, 'setup: order-5 accepted');
+insert into responses select 'payout-admin', pg_temp.payout('order-5', 'es-payout-admin', pg_temp.admin());
+select is(pg_temp.code('payout-wrong-provider'), 'forbidden', 'a provider not named at lock cannot accept: forbidden');
 select results_eq(
-  $$ select pg_temp.response('payout-admin') ->> 'status', pg_temp.balance(pg_temp.provider()), pg_temp.hold_balance('order-5') $$,
-  $$ values ('paid_out', 150::bigint, 0::bigint) $$,
-  'a platform admin pays out an accepted order'
+  $$ select pg_temp.response('payout-admin') ->> 'status', pg_temp.response('payout-admin') ->> 'user_id',
+       pg_temp.balance(pg_temp.other_provider()), pg_temp.hold_balance('order-5') $$,
+  $$ values ('paid_out', pg_temp.other_provider()::text, 80::bigint, 0::bigint) $$,
+  'a platform admin pays out an accepted order to its named provider'
 );
 select results_eq(
   $$ select actor_user_id from ops.app_transaction_log where client_request_id = 'es-payout-admin' $$,
@@ -328,7 +338,7 @@ select results_eq(
      where client_request_id in ('es-lock-again', 'es-lock-funds', 'es-lock-ghost', 'es-accept-self', 'es-accept-other',
        'es-unlock-stranger', 'es-unlock-twice', 'es-payout-by-user', 'es-payout-twice', 'es-payout-to-client')
      order by client_request_id $$,
-  $$ values ('es-accept-other', 'failed', 'forbidden'), ('es-accept-self', 'failed', 'self_booking'),
+  $$ values ('es-accept-other', 'failed', 'forbidden'), ('es-accept-self', 'failed', 'forbidden'),
             ('es-lock-again', 'failed', 'hold_already_exists'), ('es-lock-funds', 'failed', 'insufficient_funds'),
             ('es-lock-ghost', 'failed', 'user_not_found'), ('es-payout-by-user', 'failed', 'forbidden'),
             ('es-payout-to-client', 'failed', 'self_booking'), ('es-payout-twice', 'failed', 'hold_already_released'),
@@ -359,9 +369,9 @@ select throws_ok($$ select pg_temp.accept('order-4', pg_temp.provider(), '') $$,
 select throws_ok($$ select pg_temp.unlock('order-4', null, 'es-bad-8') $$, '22023', null, 'unlock: null actor');
 select throws_ok($$ select pg_temp.unlock('', pg_temp.client(), 'es-bad-9') $$, '22023', null, 'unlock: empty order');
 select throws_ok($$ select pg_temp.unlock('order-4', pg_temp.client(), repeat('k', 256)) $$, '22023', null, 'unlock: 256-character key');
-select throws_ok($$ select pg_temp.payout('order-4', null, 'es-bad-10') $$, '22023', null, 'payout: null provider');
-select throws_ok($$ select pg_temp.payout(null, pg_temp.provider(), 'es-bad-11') $$, '22023', null, 'payout: null order');
-select throws_ok($$ select pg_temp.payout('order-4', pg_temp.provider(), null) $$, '22023', null, 'payout: null key');
+select throws_ok($$ select pg_temp.lock(pg_temp.client(), 1, 'order-bad', 'es-bad-10', null) $$, '22023', null, 'lock: null provider');
+select throws_ok($$ select pg_temp.payout(null, 'es-bad-11') $$, '22023', null, 'payout: null order');
+select throws_ok($$ select pg_temp.payout('order-4', null) $$, '22023', null, 'payout: null key');
 select is_empty(
   $$ select 1 from ops.app_transaction_log where client_request_id like 'es-bad-%'
      or (operation_type like 'credit_%' and (client_request_id is null or client_request_id = ''
@@ -376,33 +386,33 @@ select is_empty(
 -- ---------------------------------------------------------------------------------------------
 
 set local role anon;
-select throws_ok($$ select public.lock_credits('c0000000-0000-4000-8000-000000000e01', 1, 'order-role', 'es-role-1') $$,
+select throws_ok($$ select public.lock_credits('c0000000-0000-4000-8000-000000000e01', 'c0000000-0000-4000-8000-000000000e02', 1, 'order-role', 'es-role-1') $$,
   '42501', null, 'anon cannot lock');
-select throws_ok($$ select public.accept_credit_order('order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-2') $$,
+select throws_ok($$ select public.accept_credit_order('c0000000-0000-4000-8000-000000000e01', 'order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-2') $$,
   '42501', null, 'anon cannot accept');
-select throws_ok($$ select public.unlock_credits('order-role', 'c0000000-0000-4000-8000-000000000e01', 'es-role-3') $$,
+select throws_ok($$ select public.unlock_credits('c0000000-0000-4000-8000-000000000e01', 'order-role', 'c0000000-0000-4000-8000-000000000e01', 'es-role-3') $$,
   '42501', null, 'anon cannot unlock');
-select throws_ok($$ select public.payout_to_provider('order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-4') $$,
+select throws_ok($$ select public.payout_to_provider('c0000000-0000-4000-8000-000000000e01', 'order-role', 'es-role-4') $$,
   '42501', null, 'anon cannot pay out');
 reset role;
 set local role authenticated;
-select throws_ok($$ select public.lock_credits('c0000000-0000-4000-8000-000000000e01', 1, 'order-role', 'es-role-5') $$,
+select throws_ok($$ select public.lock_credits('c0000000-0000-4000-8000-000000000e01', 'c0000000-0000-4000-8000-000000000e02', 1, 'order-role', 'es-role-5') $$,
   '42501', null, 'authenticated cannot lock');
-select throws_ok($$ select public.accept_credit_order('order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-6') $$,
+select throws_ok($$ select public.accept_credit_order('c0000000-0000-4000-8000-000000000e01', 'order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-6') $$,
   '42501', null, 'authenticated cannot accept');
-select throws_ok($$ select public.unlock_credits('order-role', 'c0000000-0000-4000-8000-000000000e01', 'es-role-7') $$,
+select throws_ok($$ select public.unlock_credits('c0000000-0000-4000-8000-000000000e01', 'order-role', 'c0000000-0000-4000-8000-000000000e01', 'es-role-7') $$,
   '42501', null, 'authenticated cannot unlock');
-select throws_ok($$ select public.payout_to_provider('order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-8') $$,
+select throws_ok($$ select public.payout_to_provider('c0000000-0000-4000-8000-000000000e01', 'order-role', 'es-role-8') $$,
   '42501', null, 'authenticated cannot pay out');
 reset role;
 set local role service_role;
-select is(public.lock_credits('c0000000-0000-4000-8000-000000000e01', 1, 'order-role', 'es-role-9') ->> 'ok', 'true',
+select is(public.lock_credits('c0000000-0000-4000-8000-000000000e01', 'c0000000-0000-4000-8000-000000000e02', 1, 'order-role', 'es-role-9') ->> 'ok', 'true',
   'service_role can lock');
-select is(public.accept_credit_order('order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-10') ->> 'ok', 'true',
+select is(public.accept_credit_order('c0000000-0000-4000-8000-000000000e01', 'order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-10') ->> 'ok', 'true',
   'service_role can accept');
-select is(public.payout_to_provider('order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-11') ->> 'ok', 'true',
+select is(public.payout_to_provider('c0000000-0000-4000-8000-000000000e01', 'order-role', 'es-role-11') ->> 'ok', 'true',
   'service_role can pay out');
-select is(public.unlock_credits('order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-12') #>> '{error,code}',
+select is(public.unlock_credits('c0000000-0000-4000-8000-000000000e01', 'order-role', 'c0000000-0000-4000-8000-000000000e02', 'es-role-12') #>> '{error,code}',
   'hold_already_released', 'service_role can call unlock');
 reset role;
 
@@ -411,9 +421,9 @@ reset role;
 -- ---------------------------------------------------------------------------------------------
 
 select results_eq(
-  $$ select pg_temp.balance(pg_temp.client()), pg_temp.balance(pg_temp.provider()),
+  $$ select pg_temp.balance(pg_temp.client()), pg_temp.balance(pg_temp.provider()), pg_temp.balance(pg_temp.other_provider()),
        (select sum(pg_temp.hold_balance(order_id)) from credits.escrow_holds)::bigint $$,
-  $$ values (849::bigint, 151::bigint, 0::bigint) $$,
+  $$ values (849::bigint, 71::bigint, 80::bigint, 0::bigint) $$,
   'client, provider and holds add up to the 1000 credits allocated'
 );
 select is_empty($$ select * from public.ledger_reconcile() $$, 'ledger_reconcile() finds no discrepancy');
@@ -425,7 +435,8 @@ update credits.escrow_holds set status = 'held', released_at = null, release_ope
 insert into ledger.accounts (kind, code) values ('escrow_hold', 'escrow_hold:orphan');
 select results_eq(
   $$ select check_name, account_code, expected_cents, actual_cents from public.ledger_reconcile() order by account_code $$,
-  $$ values ('hold_state_mismatch', 'escrow_hold:order-2', 50::bigint, 0::bigint),
+  $$ values ('hold_state_mismatch', (select a.code from credits.escrow_holds h join ledger.accounts a on a.id = h.account_id
+              where h.order_id = 'order-2'), 50::bigint, 0::bigint),
             ('hold_state_mismatch', 'escrow_hold:orphan', 0::bigint, 0::bigint) $$,
   'ledger_reconcile() reports hold_state_mismatch'
 );

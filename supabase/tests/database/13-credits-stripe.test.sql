@@ -1,11 +1,12 @@
--- Practitioner credits through Stripe (issue 6): credit purchases (sp_process_credit_purchase,
+-- Practitioner credits through Stripe (issue 6; purchases only against a pending purchase since
+-- issue 9): credit purchases (sp_process_credit_purchase,
 -- sp_close_credit_purchase), their refunds through the replaced sp_process_stripe_refund (card
 -- recharge refunds keep working), unmatched payments for users who do not exist yet, and
 -- subscription invoices that allocate a period's credits (sp_process_subscription_invoice).
 -- Success, each outcome, replay, invalid arguments, denied roles, and a reconciled ledger after.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(108);
+select plan(106);
 
 -- ---------------------------------------------------------------------------------------------
 -- Helpers and users (temporary, gone with the transaction)
@@ -34,7 +35,14 @@ insert into auth.users (id, aud, role, email) values
   (pg_temp.closer(), 'authenticated', 'authenticated', 'closer@credits-stripe.test'),
   (pg_temp.subscriber(), 'authenticated', 'authenticated', 'subscriber@credits-stripe.test');
 
-insert into credits.plans (plan_id, monthly_credits, active) values ('pro', 300, true), ('legacy', 100, false);
+insert into credits.plans (plan_id, monthly_credits, active, stripe_price_id) values
+  ('pro', 300, true, 'pro'), ('legacy', 100, false, 'legacy');
+
+-- Credits are sold only from the price list, against a pending purchase (issue 9): these test
+-- packages keep this file's amounts.
+insert into credits.credit_packages (code, credits, price_cents, currency, allow_promotion_codes) values
+  ('T-100-5000', 100, 5000, 'EUR', false), ('T-50-2500', 50, 2500, 'EUR', false),
+  ('T-30-1500', 30, 1500, 'EUR', false), ('T-10-500', 10, 500, 'EUR', false), ('T-15-PROMO', 15, 1500, 'EUR', true);
 
 create temp table responses (name text primary key, result jsonb not null);
 create function pg_temp.response(p_name text) returns jsonb
@@ -89,13 +97,24 @@ language sql stable as $$
   select a.balance_cents from festival.cards c join ledger.accounts a on a.id = c.account_id where c.id = p_card_id
 $$;
 
+-- What create-credit-checkout does before the session is paid: a pending purchase of a package,
+-- with its Stripe session attached.
+create function pg_temp.pending(p_user_id uuid, p_package_code text, p_session_id text)
+returns jsonb
+language sql as $$
+  select public.sp_attach_credit_checkout_session(
+    (public.sp_prepare_credit_purchase(p_user_id, p_package_code, 'prep-' || p_session_id) ->> 'purchase_id')::bigint,
+    p_session_id, 'https://checkout.stripe.test/c/pay/' || p_session_id)
+$$;
+
+-- The session as the webhook reports it; user and credits are what its metadata claims.
 create function pg_temp.purchase(p_user_id uuid, p_credits bigint, p_amount_cents bigint, p_currency text,
   p_session_id text, p_event_id text, p_payment_intent_id text, p_payment_status text)
 returns jsonb
 language sql as $$
-  select public.sp_process_credit_purchase(user_id => p_user_id, credits => p_credits, amount_cents => p_amount_cents,
-    currency => p_currency, stripe_session_id => p_session_id, stripe_event_id => p_event_id,
-    stripe_payment_intent_id => p_payment_intent_id, payment_status => p_payment_status)
+  select public.sp_process_credit_purchase(stripe_session_id => p_session_id, amount_cents => p_amount_cents,
+    currency => p_currency, payment_status => p_payment_status, stripe_payment_intent_id => p_payment_intent_id,
+    stripe_event_id => p_event_id, user_id => p_user_id, credits => p_credits)
 $$;
 
 create function pg_temp.close(p_session_id text, p_user_id uuid, p_credits bigint, p_amount_cents bigint,
@@ -106,25 +125,30 @@ language sql as $$
     amount_cents => p_amount_cents, currency => p_currency, status => p_status, stripe_event_id => p_event_id)
 $$;
 
+-- An invoice billing the price `p_plan_id` (plans are keyed by their Stripe price), paid.
 create function pg_temp.invoice(p_user_id uuid, p_plan_id text, p_subscription_id text, p_start timestamptz,
   p_end timestamptz, p_event_id text)
 returns jsonb
 language sql as $$
-  select public.sp_process_subscription_invoice(user_id => p_user_id, plan_id => p_plan_id,
-    subscription_id => p_subscription_id, period_start => p_start, period_end => p_end, stripe_event_id => p_event_id)
+  select public.sp_process_subscription_invoice(user_id => p_user_id, stripe_price_id => p_plan_id,
+    subscription_id => p_subscription_id, period_start => p_start, period_end => p_end, amount_paid_cents => 2900,
+    currency => 'EUR', stripe_invoice_id => 'in_' || p_event_id, stripe_payment_intent_id => 'pi_' || p_event_id,
+    stripe_event_id => p_event_id)
 $$;
 
 -- ---------------------------------------------------------------------------------------------
 -- sp_process_credit_purchase: a paid session credits once
 -- ---------------------------------------------------------------------------------------------
 
+insert into responses select 'pending-cs_buy_1', pg_temp.pending(pg_temp.buyer(), 'T-100-5000', 'cs_buy_1');
 insert into responses
 select 'buy', pg_temp.purchase(pg_temp.buyer(), 100, 5000, 'eur', 'cs_buy_1', 'evt_buy_1', 'pi_buy_1', 'paid');
 
 select is(
-  pg_temp.response('buy') - 'transaction_id',
+  pg_temp.response('buy') - 'transaction_id' - 'purchase_id',
   jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'credited', 'user_id', pg_temp.buyer(),
-    'stripe_session_id', 'cs_buy_1', 'credits', 100, 'balance_before_credits', 0, 'balance_after_credits', 100),
+    'stripe_session_id', 'cs_buy_1', 'credits', 100, 'amount_cents', 5000, 'balance_before_credits', 0,
+    'balance_after_credits', 100),
   'purchase: credited with the balance before and after (lowercase currency accepted)'
 );
 select is(pg_temp.balance(pg_temp.buyer()), 100::bigint, 'purchase: the user holds 100 credits');
@@ -195,6 +219,7 @@ select results_eq(
 -- An unpaid session is recorded as pending; its paid event credits it
 -- ---------------------------------------------------------------------------------------------
 
+insert into responses select 'pending-cs_pend_2', pg_temp.pending(pg_temp.pender(), 'T-50-2500', 'cs_pend_2');
 insert into responses
 select 'pend', pg_temp.purchase(pg_temp.pender(), 50, 2500, 'EUR', 'cs_pend_2', 'evt_pend_a', null, 'unpaid');
 
@@ -241,8 +266,9 @@ insert into responses
 select 'mm-usd', pg_temp.purchase(pg_temp.disputed(), 100, 5000, 'usd', 'cs_mm_3', 'evt_mm_usd', 'pi_mm_3', 'paid');
 select is(
   pg_temp.failure(pg_temp.response('mm-usd')),
-  '{"ok": false, "replayed": false, "code": "payment_mismatch", "stripe_session_id": "cs_mm_3"}'::jsonb,
-  'mismatch: another currency is payment_mismatch'
+  '{"ok": false, "replayed": false, "code": "payment_mismatch", "stripe_session_id": "cs_mm_3",
+    "reason": "no_pending_purchase"}'::jsonb,
+  'mismatch: a session without a pending purchase (here in another currency) is payment_mismatch'
 );
 select results_eq(
   $$ select kind, severity, user_id from ops.alerts where stripe_object_id = 'cs_mm_3' $$,
@@ -257,6 +283,7 @@ select ok(
   'mismatch: nothing moves, no purchase row, the outcome is stored under the event'
 );
 
+insert into responses select 'pending-cs_mm_3', pg_temp.pending(pg_temp.disputed(), 'T-100-5000', 'cs_mm_3');
 insert into responses
 select 'mm-pending', pg_temp.purchase(pg_temp.disputed(), 100, 5000, 'EUR', 'cs_mm_3', 'evt_mm_pending', null, 'unpaid');
 insert into responses
@@ -274,8 +301,8 @@ select is(
 select results_eq(
   $$ select kind, user_id from ops.alerts where stripe_object_id = 'cs_mm_3' order by id $$,
   $$ values ('payment_mismatch', pg_temp.disputed()), ('payment_mismatch', pg_temp.disputed()),
-            ('payment_mismatch', pg_temp.disputed()), ('payment_mismatch', pg_temp.buyer()) $$,
-  'mismatch: one alert per mismatching event'
+            ('payment_mismatch', pg_temp.disputed()), ('payment_mismatch', pg_temp.disputed()) $$,
+  'mismatch: one alert per mismatching event, about the purchase''s user'
 );
 select ok(
   (select (user_id, credits, amount_cents, status) = (pg_temp.disputed(), 100::bigint, 5000::bigint, 'pending'::text)
@@ -292,69 +319,42 @@ select ok(
 );
 
 -- ---------------------------------------------------------------------------------------------
--- A user who does not exist yet: unmatched, not remembered, credited once the user exists
+-- A user who does not exist: no pending purchase can exist for them, so nothing is credited
 -- ---------------------------------------------------------------------------------------------
 
+insert into responses
+select 'late-prepare', public.sp_prepare_credit_purchase(pg_temp.latecomer(), 'T-50-2500', 'prep-late');
+select is(pg_temp.response('late-prepare') #>> '{error,code}', 'user_not_found',
+  'unknown user: no purchase can be prepared for a user who does not exist');
 insert into responses
 select 'late', pg_temp.purchase(pg_temp.latecomer(), 40, 2000, 'EUR', 'cs_late_4', 'evt_late_4', 'pi_late_4', 'paid');
 select is(
   pg_temp.failure(pg_temp.response('late')),
-  jsonb_build_object('ok', false, 'replayed', false, 'code', 'unmatched_payment', 'user_id', pg_temp.latecomer(),
-    'stripe_object_id', 'cs_late_4'),
-  'unmatched: unmatched_payment'
-);
-select results_eq(
-  $$ select user_id, kind, last_event_id, attempts, resolved_at is null from credits.unmatched_payments
-     where stripe_object_id = 'cs_late_4' $$,
-  $$ values (pg_temp.latecomer(), 'credit_purchase', 'evt_late_4', 1, true) $$,
-  'unmatched: an open credits.unmatched_payments row'
+  '{"ok": false, "replayed": false, "code": "payment_mismatch", "stripe_session_id": "cs_late_4",
+    "reason": "no_pending_purchase"}'::jsonb,
+  'unknown user: a session naming them is payment_mismatch (no pending purchase), not unmatched'
 );
 select results_eq(
   $$ select kind, severity, user_id from ops.alerts where stripe_object_id = 'cs_late_4' $$,
-  $$ values ('unmatched_payment', 'critical', pg_temp.latecomer()) $$,
-  'unmatched: one critical unmatched_payment alert'
+  $$ values ('payment_mismatch', 'critical', pg_temp.latecomer()) $$,
+  'unknown user: one critical payment_mismatch alert'
 );
 select is_empty(
-  $$ select 1 from festival.stripe_events where event_id = 'evt_late_4'
+  $$ select 1 from credits.unmatched_payments where stripe_object_id = 'cs_late_4'
      union all select 1 from credits.credit_purchases where stripe_session_id = 'cs_late_4'
      union all select 1 from credits.user_accounts where user_id = pg_temp.latecomer()
      union all select 1 from credits.credit_transactions where user_id = pg_temp.latecomer()
      union all select 1 from auth.users where id = pg_temp.latecomer() $$,
-  'unmatched: the event is not stored, no purchase, no account, no journal, no user created'
+  'unknown user: no unmatched row, no purchase, no account, no journal, no user created'
 );
-
-insert into responses
-select 'late-again', pg_temp.purchase(pg_temp.latecomer(), 40, 2000, 'EUR', 'cs_late_4', 'evt_late_4', 'pi_late_4', 'paid');
-select ok(
-  pg_temp.response('late-again') #>> '{error,code}' = 'unmatched_payment'
-    and (select attempts from credits.unmatched_payments where stripe_object_id = 'cs_late_4') = 2
-    and pg_temp.alert_count('unmatched_payment', 'cs_late_4') = 1,
-  'unmatched again: counted as a second attempt, no second alert'
-);
-
-insert into auth.users (id, aud, role, email)
-values (pg_temp.latecomer(), 'authenticated', 'authenticated', 'late@credits-stripe.test');
-insert into responses
-select 'late-signed-up', pg_temp.purchase(pg_temp.latecomer(), 40, 2000, 'EUR', 'cs_late_4', 'evt_late_4', 'pi_late_4',
-  'paid');
-select is(
-  pg_temp.pick(pg_temp.response('late-signed-up'), array['ok', 'replayed', 'outcome', 'user_id', 'balance_after_credits']),
-  jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'credited', 'user_id', pg_temp.latecomer(),
-    'balance_after_credits', 40),
-  'unmatched: the same event once the user exists credits the purchase'
-);
-select ok(
-  pg_temp.balance(pg_temp.latecomer()) = 40
-    and (select resolved_at is not null from credits.unmatched_payments where stripe_object_id = 'cs_late_4')
-    and (select result from festival.stripe_events where event_id = 'evt_late_4') = pg_temp.response('late-signed-up')
-    and pg_temp.alert_count('unmatched_payment', 'cs_late_4') = 1,
-  'unmatched: the row is resolved, the event stored now, still one alert'
-);
+select is((select result from festival.stripe_events where event_id = 'evt_late_4'), pg_temp.response('late'),
+  'unknown user: the outcome is final and stored under the event');
 
 -- ---------------------------------------------------------------------------------------------
 -- sp_close_credit_purchase: failed and cancelled sessions are recorded, nothing moves
 -- ---------------------------------------------------------------------------------------------
 
+insert into responses select 'pending-cs_close_5', pg_temp.pending(pg_temp.closer(), 'T-30-1500', 'cs_close_5');
 insert into responses
 select 'close-pending', pg_temp.purchase(pg_temp.closer(), 30, 1500, 'EUR', 'cs_close_5', 'evt_close_pending', null, 'unpaid');
 insert into responses
@@ -481,6 +481,7 @@ select ok(
 );
 
 -- The spender bought 100 credits for 5000 cents and paid 70 of them to a peer.
+insert into responses select 'pending-cs_spend_6', pg_temp.pending(pg_temp.spender(), 'T-100-5000', 'cs_spend_6');
 insert into responses
 select 'spend-buy', pg_temp.purchase(pg_temp.spender(), 100, 5000, 'EUR', 'cs_spend_6', 'evt_spend_buy', 'pi_spend_6', 'paid');
 insert into responses
@@ -548,6 +549,7 @@ select results_eq(
   $$ values (1000::bigint, 'EUR', 'evt_early_ref') $$,
   'early refund: the running total is parked'
 );
+insert into responses select 'pending-cs_early_7', pg_temp.pending(pg_temp.early(), 'T-100-5000', 'cs_early_7');
 insert into responses
 select 'early-buy', pg_temp.purchase(pg_temp.early(), 100, 5000, 'EUR', 'cs_early_7', 'evt_early_buy', 'pi_early_7', 'paid');
 select is(
@@ -673,9 +675,9 @@ select 'inv-inactive', pg_temp.invoice(pg_temp.subscriber(), 'legacy', 'sub_lega
 select is(
   jsonb_build_array(pg_temp.failure(pg_temp.response('inv-noplan')), pg_temp.failure(pg_temp.response('inv-noplan-again')),
     pg_temp.failure(pg_temp.response('inv-inactive'))),
-  '[{"ok": false, "replayed": false, "code": "plan_not_found", "plan_id": "enterprise"},
-    {"ok": false, "replayed": false, "code": "plan_not_found", "plan_id": "enterprise"},
-    {"ok": false, "replayed": false, "code": "plan_not_found", "plan_id": "legacy"}]'::jsonb,
+  '[{"ok": false, "replayed": false, "code": "plan_not_found", "stripe_price_id": "enterprise"},
+    {"ok": false, "replayed": false, "code": "plan_not_found", "stripe_price_id": "enterprise"},
+    {"ok": false, "replayed": false, "code": "plan_not_found", "stripe_price_id": "legacy"}]'::jsonb,
   'invoice: an unknown or inactive plan is plan_not_found'
 );
 select results_eq(
@@ -690,7 +692,7 @@ select is_empty(
 );
 select is(pg_temp.balance(pg_temp.subscriber()), 600::bigint, 'invoice: plan_not_found credits nothing');
 
-insert into credits.plans (plan_id, monthly_credits) values ('enterprise', 1000);
+insert into credits.plans (plan_id, monthly_credits, stripe_price_id) values ('enterprise', 1000, 'enterprise');
 update credits.plans set active = true where plan_id = 'legacy';
 insert into responses
 select 'inv-noplan-retry', pg_temp.invoice(pg_temp.subscriber(), 'enterprise', 'sub_ent_9', '2026-01-01 00:00+00',
@@ -755,10 +757,10 @@ select ok(
 -- Invalid arguments raise 22023 and record nothing
 -- ---------------------------------------------------------------------------------------------
 
-select throws_ok($$ select pg_temp.purchase(null, 10, 500, 'EUR', 'cs_bad_1', 'evt_bad_1', null, 'paid') $$,
-  '22023', null, 'purchase: null user');
-select throws_ok($$ select pg_temp.purchase(pg_temp.buyer(), 0, 500, 'EUR', 'cs_bad_2', 'evt_bad_2', null, 'paid') $$,
-  '22023', null, 'purchase: zero credits');
+select throws_ok($$ select pg_temp.purchase(pg_temp.buyer(), 10, null, 'EUR', 'cs_bad_1', 'evt_bad_1', null, 'paid') $$,
+  '22023', null, 'purchase: null amount');
+select throws_ok($$ select public.sp_prepare_credit_purchase(pg_temp.buyer(), '', 'cr-bad-2') $$,
+  '22023', null, 'prepare: empty package code');
 select throws_ok($$ select pg_temp.purchase(pg_temp.buyer(), 10, -1, 'EUR', 'cs_bad_3', 'evt_bad_3', null, 'paid') $$,
   '22023', null, 'purchase: negative amount (zero is a session that needed no payment)');
 select throws_ok($$ select pg_temp.purchase(pg_temp.buyer(), 10, 500, 'EURO', 'cs_bad_4', 'evt_bad_4', null, 'paid') $$,
@@ -786,31 +788,34 @@ select is_empty(
 -- ---------------------------------------------------------------------------------------------
 
 set local role anon;
-select throws_ok($$ select public.sp_process_credit_purchase('d0000000-0000-4000-8000-000000000b01', 10, 500, 'EUR',
-  'cs_role_anon', 'evt_role_anon_1', null, 'paid') $$, '42501', null, 'anon cannot execute sp_process_credit_purchase');
+select throws_ok($$ select public.sp_process_credit_purchase('cs_role_anon', 500, 'EUR', 'paid', null,
+  'evt_role_anon_1') $$, '42501', null, 'anon cannot execute sp_process_credit_purchase');
 select throws_ok($$ select public.sp_close_credit_purchase('cs_role_anon', 'd0000000-0000-4000-8000-000000000b01', 10, 500,
   'EUR', 'failed', 'evt_role_anon_2') $$, '42501', null, 'anon cannot execute sp_close_credit_purchase');
 select throws_ok($$ select public.sp_process_subscription_invoice('d0000000-0000-4000-8000-000000000b09', 'pro', 'sub_role_anon',
-  '2026-05-01', '2026-06-01', 'evt_role_anon_3') $$, '42501', null, 'anon cannot execute sp_process_subscription_invoice');
+  '2026-05-01', '2026-06-01', 2900, 'EUR', 'in_role_anon', null, 'evt_role_anon_3') $$, '42501', null,
+  'anon cannot execute sp_process_subscription_invoice');
 select throws_ok($$ select public.sp_process_stripe_refund('pi_role', 'ch_role', 100, 'EUR', 'evt_role_anon_4') $$,
   '42501', null, 'anon cannot execute the replaced sp_process_stripe_refund');
 reset role;
 set local role authenticated;
-select throws_ok($$ select public.sp_process_credit_purchase('d0000000-0000-4000-8000-000000000b01', 10, 500, 'EUR',
-  'cs_role_auth', 'evt_role_auth_1', null, 'paid') $$, '42501', null, 'authenticated cannot execute sp_process_credit_purchase');
+select throws_ok($$ select public.sp_process_credit_purchase('cs_role_auth', 500, 'EUR', 'paid', null,
+  'evt_role_auth_1') $$, '42501', null, 'authenticated cannot execute sp_process_credit_purchase');
 select throws_ok($$ select public.sp_close_credit_purchase('cs_role_auth', 'd0000000-0000-4000-8000-000000000b01', 10, 500,
   'EUR', 'failed', 'evt_role_auth_2') $$, '42501', null, 'authenticated cannot execute sp_close_credit_purchase');
 select throws_ok($$ select public.sp_process_subscription_invoice('d0000000-0000-4000-8000-000000000b09', 'pro', 'sub_role_auth',
-  '2026-05-01', '2026-06-01', 'evt_role_auth_3') $$, '42501', null,
+  '2026-05-01', '2026-06-01', 2900, 'EUR', 'in_role_auth', null, 'evt_role_auth_3') $$, '42501', null,
   'authenticated cannot execute sp_process_subscription_invoice');
 reset role;
+insert into responses select 'pending-cs_role_service', pg_temp.pending(pg_temp.buyer(), 'T-10-500', 'cs_role_service');
 set local role service_role;
-select is(public.sp_process_credit_purchase('d0000000-0000-4000-8000-000000000b01', 10, 500, 'EUR', 'cs_role_service',
-  'evt_role_service_1', 'pi_role_service', 'paid') ->> 'outcome', 'credited', 'service_role can execute sp_process_credit_purchase');
+select is(public.sp_process_credit_purchase('cs_role_service', 500, 'EUR', 'paid', 'pi_role_service',
+  'evt_role_service_1') ->> 'outcome', 'credited', 'service_role can execute sp_process_credit_purchase');
 select is(public.sp_close_credit_purchase('cs_role_service_close', 'd0000000-0000-4000-8000-000000000b01', 10, 500, 'EUR',
   'failed', 'evt_role_service_2') ->> 'outcome', 'marked_failed', 'service_role can execute sp_close_credit_purchase');
 select is(public.sp_process_subscription_invoice('d0000000-0000-4000-8000-000000000b09', 'pro', 'sub_role_service',
-  '2026-05-01', '2026-06-01', 'evt_role_service_3') ->> 'ok', 'true', 'service_role can execute sp_process_subscription_invoice');
+  '2026-05-01', '2026-06-01', 2900, 'EUR', 'in_role_service', null, 'evt_role_service_3') ->> 'ok', 'true',
+  'service_role can execute sp_process_subscription_invoice');
 reset role;
 select is_empty(
   $$ select 1 from festival.stripe_events where event_id like 'evt_role_anon_%' or event_id like 'evt_role_auth_%'
@@ -824,15 +829,17 @@ select is_empty(
 
 select is_empty($$ select * from public.ledger_reconcile() $$, 'ledger_reconcile() finds no discrepancy');
 
--- A session that needed no payment (a 100 % coupon) is credited at once.
-select is(public.sp_process_credit_purchase(pg_temp.buyer(), 15, 0, 'eur', 'cs_free_coupon', 'evt_free_coupon', null,
+-- A session that needed no payment (a 100 % coupon) is credited at once, for a package that allows codes.
+insert into responses select 'pending-cs_free_coupon', pg_temp.pending(pg_temp.buyer(), 'T-15-PROMO', 'cs_free_coupon');
+select is(pg_temp.purchase(pg_temp.buyer(), 15, 0, 'eur', 'cs_free_coupon', 'evt_free_coupon', null,
   'no_payment_required') ->> 'outcome', 'credited', 'purchase: no_payment_required credits the user');
 
 select throws_ok($$ select public.sp_close_credit_purchase('cs_bad_close_user', null, 10, 500, 'eur', 'failed', 'evt_bad_close_user') $$,
   '22023', null, 'close: a null user is an invalid argument, not a constraint error');
 select throws_ok($$ select public.sp_close_credit_purchase('cs_bad_close_cur', pg_temp.buyer(), 10, 500, 'EURO', 'failed', 'evt_bad_close_cur') $$,
   '22023', null, 'close: a currency that is not 3 letters');
-select throws_ok($$ select public.sp_process_subscription_invoice(pg_temp.buyer(), 'plan-x', null, now(), now() + interval '30 days', 'evt_bad_sub') $$,
+select throws_ok($$ select public.sp_process_subscription_invoice(pg_temp.buyer(), 'plan-x', null, now(), now() + interval '30 days',
+  2900, 'EUR', 'in_bad_sub', null, 'evt_bad_sub') $$,
   '22023', null, 'invoice: a null subscription id');
 
 select * from finish();

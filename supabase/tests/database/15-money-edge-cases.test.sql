@@ -274,10 +274,16 @@ select ok(
   'refund remainder, card: the card ends at zero and owes nothing'
 );
 
--- Credit purchase: 100 credits for 3000 cents.
+-- Credit purchase: 100 credits for 3000 cents, bought the only way credits are sold: a package,
+-- a pending purchase, its Checkout session, then the paid event.
+insert into credits.credit_packages (code, credits, price_cents, currency) values ('EDGE-100', 100, 3000, 'EUR');
+create temp table edge_purchase as
+select public.sp_prepare_credit_purchase(pg_temp.buyer(), 'EDGE-100', 'edge-prepare-100') as pending;
+select public.sp_attach_credit_checkout_session((select (pending ->> 'purchase_id')::bigint from edge_purchase),
+  'cs_edge_credits_100', 'https://checkout.stripe.test/cs_edge_credits_100');
 insert into responses
-select 'purchase-100', public.sp_process_credit_purchase(pg_temp.buyer(), 100, 3000, 'eur', 'cs_edge_credits_100',
-  'evt_edge_purchase_100', 'pi_edge_credits_100', 'paid');
+select 'purchase-100', public.sp_process_credit_purchase('cs_edge_credits_100', 3000, 'eur', 'paid', 'pi_edge_credits_100',
+  'evt_edge_purchase_100', pg_temp.buyer(), 100, (select (pending ->> 'purchase_id')::bigint from edge_purchase));
 select is(
   jsonb_build_array(pg_temp.response('purchase-100') ->> 'outcome', pg_temp.credit_balance(pg_temp.buyer())),
   '["credited", 100]'::jsonb,
@@ -396,9 +402,9 @@ select ok(
   'setup: two clients hold 50 credits each'
 );
 insert into responses
-select 'lock-exact', public.lock_credits(pg_temp.exact_locker(), 50, 'edge-order-exact', 'edge-lock-exact');
+select 'lock-exact', public.lock_credits(pg_temp.exact_locker(), pg_temp.treating(), 50, 'edge-order-exact', 'edge-lock-exact');
 insert into responses
-select 'lock-short', public.lock_credits(pg_temp.short_locker(), 51, 'edge-order-short', 'edge-lock-short');
+select 'lock-short', public.lock_credits(pg_temp.short_locker(), pg_temp.treating(), 51, 'edge-order-short', 'edge-lock-short');
 select is(
   pg_temp.pick(pg_temp.response('lock-exact'),
     array['ok', 'status', 'amount_credits', 'balance_before_credits', 'balance_after_credits']),

@@ -35,8 +35,8 @@ update festival.bar_order_items set line_total_cents = line_total_cents - 50
 where order_id = (select id from festival.bar_orders where client_request_id = 'tie-order') and line_number = 1;
 select results_eq(
   $$ select check_name, expected_cents, actual_cents from public.ledger_reconcile() $$,
-  $$ values ('bar_order_total', 1100::bigint, 1050::bigint) $$,
-  'an order whose lines do not add up to its total is named');
+  $$ values ('bar_order_total', 1100::bigint, 1050::bigint), ('bar_order_revenue', 850::bigint, 900::bigint) $$,
+  'an order whose lines do not add up to its total is named, and so is the revenue its items should have made');
 update festival.bar_order_items set line_total_cents = line_total_cents + 50
 where order_id = (select id from festival.bar_orders where client_request_id = 'tie-order') and line_number = 1;
 alter table festival.bar_order_items enable trigger bar_order_items_append_only;
@@ -45,8 +45,8 @@ alter table festival.bar_order_items enable trigger bar_order_items_append_only;
 update festival.recharges set bonus_cents = 0 where client_request_id = 'tie-recharge';
 select results_eq(
   $$ select check_name, expected_cents, actual_cents, detail ~ '^recharge \d+:' from public.ledger_reconcile() $$,
-  $$ values ('recharge_amount', 5000::bigint, 5250::bigint, true) $$,
-  'a recharge whose amount plus bonus differs from what its operation credited is named');
+  $$ values ('recharge_amount', 5000::bigint, 5250::bigint, true), ('recharge_source', 0::bigint, -250::bigint, true) $$,
+  'a recharge whose amount plus bonus differs from what its operation credited is named, and so is its bonus source');
 update festival.recharges set bonus_cents = 250 where client_request_id = 'tie-recharge';
 
 -- The deposits counter
