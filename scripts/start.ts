@@ -65,6 +65,7 @@ try {
   const stripeStandIn = Deno.env.get("STRIPE_SECRET_KEY") ? undefined : startStripeStandIn({
     webhookUrl: `http://127.0.0.1:${functionsPort}/functions/v1/stripe-webhook`,
     webhookSecret: Deno.env.get("STRIPE_WEBHOOK_SECRET"),
+    localCheckoutPages: true,
   });
   const environment = await functionsEnvironment(cluster, functionsPort, stripeStandIn?.port ?? 0);
   for (const [name, value] of Object.entries(environment)) Deno.env.set(name, value);

@@ -119,7 +119,11 @@ async function runDenoTests(cluster: Cluster): Promise<void> {
     }
     // The web app in headless Chromium, against the same functions server (TEST_FILTER=browser: only these).
     if (BROWSER_TEST_FILE.includes(testFilter)) {
-      const browser = await runBrowserSuite({ functionsUrl: env.FUNCTIONS_URL, anonKey: await anonKey() });
+      const browser = await runBrowserSuite({
+        functionsUrl: env.FUNCTIONS_URL,
+        anonKey: await anonKey(),
+        stripeStandInUrl: `http://127.0.0.1:${stripeStandIn.port}`,
+      });
       record("browser (web app in headless Chromium)", browser.passed, browser.failed, browser.output);
     }
   } finally {

@@ -28,7 +28,9 @@ function chromiumPath(): string | null {
   return null;
 }
 
-export async function runBrowserSuite(options: { functionsUrl: string; anonKey: string }): Promise<BrowserSuiteResult> {
+export async function runBrowserSuite(
+  options: { functionsUrl: string; anonKey: string; stripeStandInUrl: string },
+): Promise<BrowserSuiteResult> {
   const chromium = chromiumPath();
   if (!chromium) return { passed: 0, failed: 1, output: "chromium not found: run scripts/setup.sh as root (Debian package chromium)" };
   const outDir = await Deno.makeTempDir({ prefix: "festival-web-" });
@@ -43,6 +45,7 @@ export async function runBrowserSuite(options: { functionsUrl: string; anonKey: 
       env: {
         WEB_URL: `http://127.0.0.1:${port}`,
         FUNCTIONS_URL: options.functionsUrl,
+        STRIPE_STAND_IN_URL: options.stripeStandInUrl,
         CHROMIUM: chromium,
         SCREENSHOT_DIR: `${REPO_ROOT}/docs/screenshots`,
         ADMIN_TOKEN: await userToken(DEMO_STAFF.admin),

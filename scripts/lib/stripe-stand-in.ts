@@ -1,9 +1,12 @@
 // A small local stand-in for the one Stripe API call the project makes: POST /v1/checkout/sessions
 // (form-encoded, honouring Idempotency-Key like Stripe). Used by the tests and by `npm start`, since
 // Stripe cannot be reached from these machines. It does not pretend to be Stripe beyond that, except
-// for a bare checkout page at each session's `url` (GET /c/pay/<id>): "Pay" marks the session paid,
-// sends `checkout.session.completed` signed with the real `stripe` library to `webhookUrl` (when
-// given) and redirects to the session's success_url, as Stripe Checkout does; "Cancel" goes back.
+// for a bare checkout page (GET /c/pay/<id> on the stand-in): "Pay" marks the session paid, sends
+// `checkout.session.completed` signed with the real `stripe` library to `webhookUrl` (when given)
+// and redirects to the session's success_url, as Stripe Checkout does; "Cancel" goes back. A
+// session's `url` is https://checkout.stripe.test/c/pay/<id> like Stripe's (https), unless
+// `localCheckoutPages` makes it the stand-in's own http page (npm start); the browser tests route
+// checkout.stripe.test to the stand-in.
 
 import Stripe from "stripe";
 
@@ -49,6 +52,8 @@ export interface StandInOptions {
   /** Where "Pay" on the checkout page delivers checkout.session.completed (stripe-webhook). */
   webhookUrl?: string;
   webhookSecret?: string;
+  /** Session URLs point at this stand-in's own checkout page (http://127.0.0.1:<port>/c/pay/<id>). */
+  localCheckoutPages?: boolean;
 }
 
 function escapeHtml(text: string): string {
@@ -71,7 +76,7 @@ ${done ? "<p>Already paid.</p>" : `<form method="post"><button type="submit" id=
 }
 
 export function startStripeStandIn(options: number | StandInOptions = 0): StripeStandIn {
-  const { port = 0, webhookUrl, webhookSecret = "whsec_local_development" } = typeof options === "number"
+  const { port = 0, webhookUrl, webhookSecret = "whsec_local_development", localCheckoutPages = false } = typeof options === "number"
     ? { port: options }
     : options;
   const sessions = new Map<string, StandInSession>();
@@ -137,7 +142,9 @@ export function startStripeStandIn(options: number | StandInOptions = 0): Stripe
     const session: StandInSession = {
       id,
       object: "checkout.session",
-      url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/c/pay/${id}`,
+      url: localCheckoutPages
+        ? `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/c/pay/${id}`
+        : `https://checkout.stripe.test/c/pay/${id}`,
       mode: fields.get("mode") ?? "payment",
       amount_total: unitAmount * quantity,
       currency: fields.get("line_items[0][price_data][currency]") ?? "eur",

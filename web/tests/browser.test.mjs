@@ -2,7 +2,7 @@
 // against the real local stack that scripts/test.ts started (functions server, throwaway database,
 // Stripe stand-in). Nothing of ours is mocked: the page talks to the functions, and the assertions
 // read balances back through the functions. Started by scripts/lib/browser-tests.ts, which passes:
-//   WEB_URL, FUNCTIONS_URL, CHROMIUM, SCREENSHOT_DIR, ADMIN_TOKEN, CASHIER_TOKEN
+//   WEB_URL, FUNCTIONS_URL, STRIPE_STAND_IN_URL, CHROMIUM, SCREENSHOT_DIR, ADMIN_TOKEN, CASHIER_TOKEN
 // Prints "ok - name" / "not ok - name" per test and "# passed N failed N" at the end.
 
 import assert from "node:assert/strict";
@@ -11,6 +11,7 @@ import puppeteer from "puppeteer-core";
 
 const WEB_URL = process.env.WEB_URL;
 const FUNCTIONS_URL = process.env.FUNCTIONS_URL;
+const STRIPE_STAND_IN_URL = process.env.STRIPE_STAND_IN_URL;
 const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR;
 const ADMIN_TOKEN = process.env.ADMIN_TOKEN;
 const CASHIER_TOKEN = process.env.CASHIER_TOKEN;
@@ -293,6 +294,20 @@ test("me: a Stripe top-up through the stand-in's checkout page and a signed webh
   await page.type('[data-testid="me-pin"]', "0042");
   await page.click('[data-testid="me-submit"]');
   await waitForCents(page, '[data-testid="me-balance"]', before);
+  // Session URLs say https://checkout.stripe.test/c/pay/<id>, as Stripe's are https; that host is
+  // the local stand-in's checkout page, so the browser's requests for it go there.
+  await page.setRequestInterception(true);
+  page.on("request", (request) => {
+    if (!request.url().startsWith("https://checkout.stripe.test/")) return void request.continue();
+    const target = request.url().replace("https://checkout.stripe.test", STRIPE_STAND_IN_URL);
+    void fetch(target, { method: request.method(), body: request.postData(), redirect: "manual" })
+      .then(async (response) => request.respond({
+        status: response.status,
+        headers: Object.fromEntries(response.headers),
+        body: Buffer.from(await response.arrayBuffer()),
+      }))
+      .catch(() => request.abort("failed"));
+  });
   await Promise.all([page.waitForNavigation(), page.click('[data-testid="me-package-MIDI"]')]);
   assert.match(page.url(), /\/c\/pay\/cs_test_/, "on the checkout page");
   assert.match(await text(page, "#amount"), /50\.00 EUR/);
