@@ -153,7 +153,10 @@ export function PosPage() {
       setNotice(t("busy"));
       return;
     }
-    if (!menu) return;
+    if (!menu) {
+      setNotice(t("menuMissing"));
+      return;
+    }
     const items = Object.entries(cart).filter(([, quantity]) => quantity > 0)
       .map(([product_id, quantity]) => ({ product_id, quantity }));
     if (items.length === 0) {
