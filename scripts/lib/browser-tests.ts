@@ -47,7 +47,11 @@ export async function runBrowserSuite(
         FUNCTIONS_URL: options.functionsUrl,
         STRIPE_STAND_IN_URL: options.stripeStandInUrl,
         CHROMIUM: chromium,
-        SCREENSHOT_DIR: `${REPO_ROOT}/docs/screenshots`,
+        // Every run writes its screenshots; into the committed docs/screenshots/ only when asked
+        // (UPDATE_SCREENSHOTS=1), so that running the tests leaves the work tree clean.
+        SCREENSHOT_DIR: Deno.env.get("UPDATE_SCREENSHOTS") === "1"
+          ? `${REPO_ROOT}/docs/screenshots`
+          : `${REPO_ROOT}/.local/screenshots`,
         ADMIN_TOKEN: await userToken(DEMO_STAFF.admin),
         CASHIER_TOKEN: await userToken(DEMO_STAFF.cashier),
       },
