@@ -210,6 +210,11 @@ test("pos: the duplicate-tap dialog charges again only when confirmed", async ()
   await page.waitForSelector('[data-testid="duplicate-dialog"]', { visible: true });
   assert.equal(await balance(cardId), 4550, "nothing moves while the dialog asks");
   await screenshots(page, "pos-duplicate-tap", { fullPage: false });
+  assert.equal(
+    await page.evaluate(() => document.activeElement?.getAttribute("data-testid")),
+    "duplicate-cancel",
+    "the dialog's default button is the one that does not charge",
+  );
   await page.click('[data-testid="duplicate-confirm"]');
   await waitForCents(page, '[data-testid="new-balance"]', 4100);
   assert.equal(await balance(cardId), 4100);

@@ -303,11 +303,12 @@ export function PosPage() {
             <p>{t("duplicateText", { card: phase.order.card_id })}</p>
             <p className="total"><span>{t("total")}</span> <strong>{money(phase.order.expected_total_cents)}</strong></p>
             <div className="inline">
-              <button type="button" className="primary big" autoFocus data-testid="duplicate-confirm"
+              {/* Focus on "do not charge": a reader's stray Enter must never charge a card twice. */}
+              <button type="button" className="primary big" data-testid="duplicate-confirm"
                 onClick={() => void runOrder({ ...phase.order, client_request_id: `${phase.order.client_request_id}-confirmed`, confirm_duplicate: true })}>
                 {t("duplicateConfirm")}
               </button>
-              <button type="button" className="big" data-testid="duplicate-cancel"
+              <button type="button" className="big" autoFocus data-testid="duplicate-cancel"
                 onClick={() => { setCart({}); setPhase({ kind: "idle" }); }}>
                 {t("duplicateCancel")}
               </button>
