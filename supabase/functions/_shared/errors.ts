@@ -52,6 +52,10 @@ export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
   payment_mismatch: 422,
   invalid_signature: 400,
   payment_provider_unavailable: 502,
+  // Operations: alerts.
+  alert_not_found: 404,
+  alert_already_acknowledged: 409,
+  alert_already_resolved: 409,
 };
 
 /** HTTP status for a business error code; an unknown code is a gap in this table, hence 500. */
