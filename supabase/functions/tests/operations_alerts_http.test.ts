@@ -106,3 +106,25 @@ Deno.test("admin-alerts: who may call, and bad input", async () => {
   const noKey = await call("admin-alerts", { method: "POST", token: tokens.admin, json: { action: "resolve", alert_id: 1 } });
   assert.equal(noKey.status, 400);
 });
+
+Deno.test("README: the alert kinds table matches ops.alert_kinds", async () => {
+  const readme = await Deno.readTextFile(new URL("../../../README.md", import.meta.url));
+  const start = readme.indexOf("| kind | severity | what it means | what the operator does |");
+  assert.ok(start >= 0, "the README has the alert kinds table");
+  const rows = readme.slice(start).split("\n").slice(2);
+  const documented = rows.slice(0, rows.findIndex((line) => !line.startsWith("|"))).map((line) => {
+    const [kind, severity, description, action] = line.split(" | ").map((cell) => cell.replace(/^\| |\s\|$/g, ""));
+    return { kind: kind.replaceAll("`", ""), severity, description, action };
+  });
+  const sql = connectDatabase(1);
+  try {
+    const kinds = await sql`
+      select kind, default_severity as severity, description, operator_action as action from ops.alert_kinds order by kind`;
+    assert.deepEqual(
+      [...documented].sort((a, b) => a.kind.localeCompare(b.kind)),
+      kinds.map((row) => ({ ...row })),
+    );
+  } finally {
+    await sql.end();
+  }
+});
