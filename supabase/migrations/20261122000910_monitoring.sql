@@ -89,6 +89,19 @@ create table ops.monitoring_settings (
 insert into ops.monitoring_settings default values;
 alter table ops.monitoring_settings enable row level security;
 
+/** A zone Postgres does not know would break every run of the checks: refuse it when it is set. */
+create function ops.check_monitoring_settings() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform now() at time zone new.time_zone;
+  return new;
+end;
+$$;
+create trigger monitoring_settings_time_zone before insert or update on ops.monitoring_settings
+  for each row execute function ops.check_monitoring_settings();
+
 -- ---------------------------------------------------------------------------------------------
 -- Checks: each returns its findings, one jsonb object per subject
 -- ---------------------------------------------------------------------------------------------

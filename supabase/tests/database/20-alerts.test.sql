@@ -4,7 +4,7 @@
 -- a resolved alert's next occurrence is a new alert; listing with filters; denied roles.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(30);
+select plan(33);
 
 create temp table responses (name text primary key, result jsonb not null);
 create function pg_temp.response(p_name text) returns jsonb
@@ -138,6 +138,28 @@ select throws_ok($$ select public.sp_resolve_alert(1, pg_temp.admin(), '', null)
   'resolve: an empty client_request_id is 22023');
 select is((select count(*)::integer from ops.app_transaction_log where operation_type in ('acknowledge_alert', 'resolve_alert')), 11,
   'every acknowledge and resolve attempt is logged');
+
+-- ---------------------------------------------------------------------------------------------
+-- Every kind of ops.alert_kinds (also kinds added later): raised once, refreshed, acknowledged, resolved
+-- ---------------------------------------------------------------------------------------------
+
+select ops.raise_subject_alert(k.kind, null, 'lifecycle:' || k.kind, '{"n": 1}') from ops.alert_kinds k;
+select ops.raise_subject_alert(k.kind, null, 'lifecycle:' || k.kind, '{"n": 2}') from ops.alert_kinds k;
+select results_eq(
+  $$ select k.kind, count(a.id)::integer, min(a.occurrence_count), min(a.severity) = k.default_severity
+     from ops.alert_kinds k left join ops.alerts a on a.kind = k.kind and a.subject = 'lifecycle:' || k.kind
+     group by k.kind, k.default_severity order by 1 $$,
+  $$ select kind, 1, 2, true from ops.alert_kinds order by 1 $$,
+  'every kind: raised once at its default severity, refreshed to count 2'
+);
+select public.sp_acknowledge_alert(a.id, pg_temp.admin(), 'lifecycle-ack-' || a.kind, 'seen')
+from ops.alerts a where a.subject like 'lifecycle:%';
+select is_empty($$ select kind from ops.alerts where subject like 'lifecycle:%' and status <> 'acknowledged' $$,
+  'every kind: acknowledged');
+select public.sp_resolve_alert(a.id, pg_temp.admin(), 'lifecycle-resolve-' || a.kind, 'done')
+from ops.alerts a where a.subject like 'lifecycle:%';
+select is_empty($$ select kind from ops.alerts where subject like 'lifecycle:%' and status <> 'resolved' $$,
+  'every kind: resolved');
 
 select * from finish();
 rollback;

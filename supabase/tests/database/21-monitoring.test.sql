@@ -4,7 +4,7 @@
 -- (expiry of stale pending recharges, scan retention, reconciliation) do their work once.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(21);
+select plan(22);
 
 create temp table responses (name text primary key, result jsonb not null);
 create function pg_temp.response(p_name text) returns jsonb
@@ -116,6 +116,8 @@ select results_eq(
   'second run (the minute and the five-minute jobs): each alert refreshed, count 2, not repeated'
 );
 
+select throws_ok($$ update ops.monitoring_settings set time_zone = 'Mars/Olympus_Mons' $$, '22023', null,
+  'settings: an unknown time zone is refused');
 -- Settings: a higher threshold, and closed opening hours, find nothing more.
 update ops.monitoring_settings set nfc_scan_threshold = 20, opening_time = (now() + interval '1 hour')::time,
   closing_time = (now() + interval '2 hours')::time, time_zone = 'UTC';
