@@ -1,10 +1,61 @@
--- Operations, part 5: terminals send their NFC scans (docs/architecture.md §1, `ops`). Scans
+-- Operations: terminals send their NFC scans (docs/architecture.md §1, `ops`). Scans
 -- arrive in batches of up to 500 (a terminal buffers while offline and resends the whole batch
 -- until it is acknowledged), so each scan is stored once per (device, device sequence): a replay,
 -- whole or partial, changes nothing. The natural key is the idempotency key here: it outlives
 -- the 24-hour keys, and a terminal that lost its batch id can still resend safely. A batch with
 -- one invalid scan is refused whole (SQLSTATE 22023 naming `scans[i].field`): storing part of a
--- batch would make the terminal's retry logic guess which part.
+-- batch would make the terminal's retry logic guess which part. The monitoring checks
+-- (20261122000920_monitoring.sql) read the scan log and the devices.
+
+-- ---------------------------------------------------------------------------------------------
+-- Devices and the NFC scan log
+-- ---------------------------------------------------------------------------------------------
+
+/** Every terminal that ever sent scans: where it is, when it was last heard of, which app. */
+create table ops.devices (
+  device_id text primary key check (device_id ~ '^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$'),
+  point_of_sale_id text references festival.points_of_sale (id),
+  checkpoint_id text references festival.checkpoints (id),
+  app_version text check (length(app_version) <= 64),
+  user_agent text check (length(user_agent) <= 512),
+  last_staff_user_id uuid,
+  first_seen_at timestamptz not null default now(),
+  last_seen_at timestamptz not null default now()
+);
+alter table ops.devices enable row level security;
+
+/**
+ * One row per scan a terminal made, stored once per (device, device sequence): terminals buffer
+ * while offline and resend whole batches. Rows are never changed; retention deletes old ones.
+ */
+create table ops.nfc_scan_log (
+  id bigint generated always as identity primary key,
+  device_id text not null,
+  device_sequence bigint not null check (device_sequence >= 0),
+  -- As read: may be garbage for an unreadable tag (then possibly absent).
+  card_uid text check (length(card_uid) between 1 and 128),
+  raw_data text check (length(raw_data) <= 2048),
+  status text not null check (status in ('ok', 'unreadable', 'unknown_card', 'duplicate_ignored', 'blocked')),
+  point_of_sale_id text,
+  checkpoint_id text,
+  scanned_at timestamptz not null,
+  received_at timestamptz not null default now(),
+  user_agent text check (length(user_agent) <= 512),
+  staff_user_id uuid,
+  constraint nfc_scan_log_device_sequence unique (device_id, device_sequence),
+  constraint card_uid_unless_unreadable check (status = 'unreadable' or card_uid is not null)
+);
+create index nfc_scan_log_card_scanned_at on ops.nfc_scan_log (card_uid, scanned_at);
+create index nfc_scan_log_scanned_at on ops.nfc_scan_log using brin (scanned_at);
+alter table ops.nfc_scan_log enable row level security;
+create trigger nfc_scan_log_append_only before update on ops.nfc_scan_log
+  for each row execute function ledger.refuse_history_change();
+create trigger nfc_scan_log_no_truncate before truncate on ops.nfc_scan_log
+  for each statement execute function ledger.refuse_history_change();
+
+-- ---------------------------------------------------------------------------------------------
+-- Receiving a batch
+-- ---------------------------------------------------------------------------------------------
 
 /** `scans[i].field` must hold; raises 22023 with that field. */
 create function ops.require_scan(p_condition boolean, p_index integer, p_field text, p_message text) returns void

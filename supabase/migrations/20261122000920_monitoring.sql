@@ -1,56 +1,10 @@
--- Operations, part 2: NFC scans and devices, monitoring settings and checks, the expiry of stale
--- pending recharges (docs/architecture.md §1, `ops`).
+-- Operations: monitoring settings and checks, the jobs' procedures (expiry of stale pending
+-- recharges, scan retention, reconciliation) (docs/architecture.md §1, `ops`).
 --
 -- The attempt log (ops.app_transaction_log) already records every attempt; nothing read it. The
 -- checks below read it, the scan log, the devices and the business tables, and raise or refresh
 -- one alert per kind and subject (20261122000900_operations.sql). They run every minute from
--- pg_cron (20261122000920_scheduled_jobs.sql) and on demand from the monitoring-service function.
-
--- ---------------------------------------------------------------------------------------------
--- Devices and the NFC scan log
--- ---------------------------------------------------------------------------------------------
-
-/** Every terminal that ever sent scans: where it is, when it was last heard of, which app. */
-create table ops.devices (
-  device_id text primary key check (device_id ~ '^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$'),
-  point_of_sale_id text references festival.points_of_sale (id),
-  checkpoint_id text references festival.checkpoints (id),
-  app_version text check (length(app_version) <= 64),
-  user_agent text check (length(user_agent) <= 512),
-  last_staff_user_id uuid,
-  first_seen_at timestamptz not null default now(),
-  last_seen_at timestamptz not null default now()
-);
-alter table ops.devices enable row level security;
-
-/**
- * One row per scan a terminal made, stored once per (device, device sequence): terminals buffer
- * while offline and resend whole batches. Rows are never changed; retention deletes old ones.
- */
-create table ops.nfc_scan_log (
-  id bigint generated always as identity primary key,
-  device_id text not null,
-  device_sequence bigint not null check (device_sequence >= 0),
-  -- As read: may be garbage for an unreadable tag (then possibly absent).
-  card_uid text check (length(card_uid) between 1 and 128),
-  raw_data text check (length(raw_data) <= 2048),
-  status text not null check (status in ('ok', 'unreadable', 'unknown_card', 'duplicate_ignored', 'blocked')),
-  point_of_sale_id text,
-  checkpoint_id text,
-  scanned_at timestamptz not null,
-  received_at timestamptz not null default now(),
-  user_agent text check (length(user_agent) <= 512),
-  staff_user_id uuid,
-  constraint nfc_scan_log_device_sequence unique (device_id, device_sequence),
-  constraint card_uid_unless_unreadable check (status = 'unreadable' or card_uid is not null)
-);
-create index nfc_scan_log_card_scanned_at on ops.nfc_scan_log (card_uid, scanned_at);
-create index nfc_scan_log_scanned_at on ops.nfc_scan_log using brin (scanned_at);
-alter table ops.nfc_scan_log enable row level security;
-create trigger nfc_scan_log_append_only before update on ops.nfc_scan_log
-  for each row execute function ledger.refuse_history_change();
-create trigger nfc_scan_log_no_truncate before truncate on ops.nfc_scan_log
-  for each statement execute function ledger.refuse_history_change();
+-- pg_cron (20261122000930_scheduled_jobs.sql) and on demand from the monitoring-service function.
 
 -- ---------------------------------------------------------------------------------------------
 -- Settings: thresholds and windows of the checks and jobs (one row, like festival.settings)
@@ -367,7 +321,7 @@ revoke execute on function public.sp_monitoring_report(uuid) from public, anon, 
 grant execute on function public.sp_monitoring_report(uuid) to service_role, edge_functions;
 
 -- ---------------------------------------------------------------------------------------------
--- Jobs (scheduled by 20261122000920_scheduled_jobs.sql; each safe to run twice at once)
+-- Jobs (scheduled by 20261122000930_scheduled_jobs.sql; each safe to run twice at once)
 -- ---------------------------------------------------------------------------------------------
 
 /** Runs the checks (without reconciliation); returns how many found something. For pg_cron. */
