@@ -10,7 +10,7 @@ import {
   DB_PASSWORD,
   edgeFunctionsDatabaseUrl,
   initCluster,
-  psql,
+  pauseScheduledJobs,
   startCluster,
   stopCluster,
   SUPABASE_CLI,
@@ -135,9 +135,9 @@ try {
   // Migrations through the Supabase CLI, which also parses and validates supabase/config.toml.
   try {
     await buildDatabase(url);
-    // pg_cron's jobs run on their schedule under `npm start`; here no job may change data under a
-    // running test, so they are paused (22-scheduled-jobs checks them and runs their commands).
-    await psql(url, "do $$ begin if to_regclass('cron.job') is not null then update cron.job set active = false; end if; end $$");
+    // pg_cron's jobs run on their schedule under `npm start`; here they are paused
+    // (22-scheduled-jobs checks them and runs their commands).
+    await pauseScheduledJobs(url);
     record("migrations and seed (supabase CLI, config.toml)", 1, 0);
   } catch (error) {
     record("migrations and seed (supabase CLI, config.toml)", 0, 1, (error as Error).message);

@@ -177,6 +177,14 @@ export async function applyMigrations(url: string): Promise<void> {
   await psql(url, `alter role edge_functions with login password '${EDGE_FUNCTIONS_PASSWORD}'`);
 }
 
+/**
+ * Pauses pg_cron's jobs (`npm test`, benchmarks): no job may change data under a running test or
+ * take CPU from a measurement. `npm start` keeps them running.
+ */
+export async function pauseScheduledJobs(url: string): Promise<void> {
+  await psql(url, "do $$ begin if to_regclass('cron.job') is not null then update cron.job set active = false; end if; end $$");
+}
+
 export function loadSeed(url: string): Promise<void> {
   return psqlFile(url, `${REPO_ROOT}/supabase/seed.sql`);
 }
