@@ -78,6 +78,10 @@ declare
   v_claimed jsonb;
 begin
   perform ledger.require(sp_claim_alert_notifications.batch_size between 1 and 100, 'batch_size', 'must be 1 to 100');
+  -- The function checks the service key too; a user's token never reaches the queue.
+  if ledger.caller_scope() <> 'service' then
+    return ledger.error_result('forbidden', 'alert notifications are sent by the service', '{}'::jsonb);
+  end if;
   update ops.alert_notifications set status = 'expired', lease_until = null
   where status in ('pending', 'sending') and created_at < now() - interval '1 day';
   with due as (
@@ -114,6 +118,9 @@ declare
   v_updated integer;
 begin
   perform ledger.require(jsonb_typeof(sp_record_alert_deliveries.results) = 'array', 'results', 'must be an array');
+  if ledger.caller_scope() <> 'service' then
+    return ledger.error_result('forbidden', 'alert notifications are sent by the service', '{}'::jsonb);
+  end if;
   update ops.alert_notifications n
   set status = case when (r ->> 'delivered')::boolean then 'delivered' when n.attempts >= 8 then 'failed' else 'pending' end,
     delivered_at = case when (r ->> 'delivered')::boolean then now() end,

@@ -6,8 +6,8 @@
 // claiming the notifications and recording what became of them, outside any transaction.
 
 import { authenticate } from "../_shared/auth.ts";
-import { HttpError } from "../_shared/errors.ts";
-import { jsonResponse, serveFunction } from "../_shared/http.ts";
+import { HttpError, type OutcomeBody } from "../_shared/errors.ts";
+import { jsonResponse, outcomeResponse, serveFunction } from "../_shared/http.ts";
 import { rpc, type RpcCall } from "../_shared/rpc.ts";
 
 interface ClaimedNotification {
@@ -65,6 +65,7 @@ export function createAlertNotificationsHandler(
     }
     const callContext = { functionName: context.functionName, requestId: context.requestId };
     const claimed = await call("sp_claim_alert_notifications", { batch_size: 20 }, callContext);
+    if (!claimed.ok) return outcomeResponse(context, claimed as OutcomeBody);
     const notifications = claimed.notifications as ClaimedNotification[];
     const results = await Promise.all(notifications.map((notification) => deliver(notification, url, send, timeoutMs)));
     if (results.length > 0) await call("sp_record_alert_deliveries", { results }, callContext);

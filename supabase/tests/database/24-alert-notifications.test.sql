@@ -3,7 +3,7 @@
 -- to 8 attempts; old ones expire.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(9);
+select plan(10);
 
 create function pg_temp.states(p_subject text) returns text[] language sql stable as $$
   select array_agg(n.state || '/' || n.status order by n.id) from ops.alert_notifications n
@@ -22,6 +22,9 @@ select ops.raise_alert('dispute', 'critical', 'DEMO-0040', 'dp_notify_1', '{}');
 select is(pg_temp.states('dp_notify_1'), array['raised:warning/pending', 'escalated:critical/pending'],
   'an escalation queues one more');
 
+select set_config('app.caller', 'user:00000000-0000-4000-8000-00000000a001', true);
+select is(public.sp_claim_alert_notifications(10) #>> '{error,code}', 'forbidden', 'only the service claims notifications');
+select set_config('app.caller', '', true);
 create temp table claim as select public.sp_claim_alert_notifications(10) as result;
 select is((select jsonb_array_length(result -> 'notifications') from claim), 2, 'a claim returns the due notifications');
 select is((select jsonb_array_length(public.sp_claim_alert_notifications(10) -> 'notifications')), 0,
