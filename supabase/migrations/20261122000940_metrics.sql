@@ -22,6 +22,13 @@ stable
 security definer
 set search_path = ''
 as $$
+  -- The attempt log is read once per scrape (it is the largest table): every count by operation,
+  -- status, error code and point of sale, then each family sums what it needs.
+  with attempts as materialized (
+    select l.operation_type, l.status, l.error_code, l.details ->> 'point_of_sale_id' as point_of_sale_id, count(*) as attempts
+    from ops.app_transaction_log l
+    group by 1, 2, 3, 4
+  )
   select jsonb_build_object('ok', true, 'metrics', jsonb_build_array(
     ops.metric('festival_bar_sales_cents_total', 'Items sold at the bars, in cents (deposits not included).', 'counter',
       (select jsonb_agg(jsonb_build_object('labels', jsonb_build_object('point_of_sale', p.id), 'value', coalesce(s.cents, 0))
@@ -34,8 +41,8 @@ as $$
       'counter',
       (select jsonb_agg(jsonb_build_object('labels', jsonb_build_object('point_of_sale', f.point_of_sale, 'outcome', f.status),
          'value', f.attempts) order by f.point_of_sale, f.status)
-       from (select coalesce(l.details ->> 'point_of_sale_id', 'unknown') as point_of_sale, l.status, count(*) as attempts
-             from ops.app_transaction_log l where l.operation_type = 'bar_order' group by 1, 2) f)),
+       from (select coalesce(a.point_of_sale_id, 'unknown') as point_of_sale, a.status, sum(a.attempts) as attempts
+             from attempts a where a.operation_type = 'bar_order' group by 1, 2) f)),
     ops.metric('festival_recharges_cents_total', 'Completed recharges in cents (bonus not included) by method and checkpoint.',
       'counter',
       (select jsonb_agg(jsonb_build_object('labels', jsonb_build_object('method', f.payment_method, 'checkpoint', f.checkpoint),
@@ -55,16 +62,16 @@ as $$
       'counter',
       (select jsonb_agg(jsonb_build_object('labels', jsonb_build_object('operation', f.operation_type), 'value', f.replays)
          order by f.operation_type)
-       from (select l.operation_type, count(*) as replays from ops.app_transaction_log l where l.status = 'replayed' group by 1) f)),
+       from (select a.operation_type, sum(a.attempts) as replays from attempts a where a.status = 'replayed' group by 1) f)),
     ops.metric('festival_duplicate_taps_total', 'Bar orders refused as suspected duplicate taps, by point of sale.', 'counter',
       (select jsonb_agg(jsonb_build_object('labels', jsonb_build_object('point_of_sale', f.point_of_sale), 'value', f.taps)
          order by f.point_of_sale)
-       from (select coalesce(l.details ->> 'point_of_sale_id', 'unknown') as point_of_sale, count(*) as taps
-             from ops.app_transaction_log l where l.error_code = 'duplicate_tap_suspected' group by 1) f)),
+       from (select coalesce(a.point_of_sale_id, 'unknown') as point_of_sale, sum(a.attempts) as taps
+             from attempts a where a.error_code = 'duplicate_tap_suspected' group by 1) f)),
     ops.metric('failed_attempts_total', 'Attempts refused with a business error, by error code.', 'counter',
       (select jsonb_agg(jsonb_build_object('labels', jsonb_build_object('code', f.code), 'value', f.failures) order by f.code)
-       from (select coalesce(l.error_code, 'unknown') as code, count(*) as failures
-             from ops.app_transaction_log l where l.status in ('failed', 'rejected') group by 1) f)),
+       from (select coalesce(a.error_code, 'unknown') as code, sum(a.attempts) as failures
+             from attempts a where a.status in ('failed', 'rejected') group by 1) f)),
     ops.metric('ops_open_alerts', 'Unresolved alerts by severity.', 'gauge',
       (select jsonb_agg(jsonb_build_object('labels', jsonb_build_object('severity', s.severity), 'value',
          (select count(*) from ops.alerts a where a.status <> 'resolved' and a.severity = s.severity)) order by s.severity)
