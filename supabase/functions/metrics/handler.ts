@@ -5,6 +5,7 @@
 // service key, never the public default.
 
 import { bearerToken, verifyToken } from "../_shared/auth.ts";
+import { recordCaller } from "../_shared/caller.ts";
 import { HttpError } from "../_shared/errors.ts";
 import { serveFunction } from "../_shared/http.ts";
 import { rpc, type RpcCall } from "../_shared/rpc.ts";
@@ -34,9 +35,14 @@ function sameToken(given: string, expected: string): boolean {
 async function authorizeScrape(request: Request): Promise<void> {
   const token = bearerToken(request);
   const expected = metricsToken();
-  if (expected && sameToken(token, expected)) return;
+  if (expected && sameToken(token, expected)) {
+    // A scraper, not a token holder: its own caller scope (`role:metrics`; sp_metrics only reads).
+    recordCaller("metrics", null);
+    return;
+  }
   const caller = await verifyToken(token);
   if (caller.role !== "service_role") throw new HttpError("forbidden", "metrics need the metrics token or the service key");
+  recordCaller(caller.role, caller.subject);
 }
 
 export function createMetricsHandler(call: RpcCall): (request: Request) => Promise<Response> {
