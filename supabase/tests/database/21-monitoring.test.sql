@@ -4,7 +4,7 @@
 -- (expiry of stale pending recharges, scan retention, reconciliation) do their work once.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(22);
+select plan(23);
 
 create temp table responses (name text primary key, result jsonb not null);
 create function pg_temp.response(p_name text) returns jsonb
@@ -68,9 +68,23 @@ update festival.recharges set created_at = now() - interval '2 hours' where stri
 insert into festival.receivables (card_id, amount_cents, reason, operation_id)
 values ('DEMO-0031', 700, 'stripe_refund', (select max(id) from ledger.operations));
 -- An escrow hold locked 15 days ago.
-insert into auth.users (id, aud, role, email) values (pg_temp.client(), 'authenticated', 'authenticated', 'mon@credits.test');
+insert into auth.users (id, aud, role, email) values
+  (pg_temp.client(), 'authenticated', 'authenticated', 'mon@credits.test'),
+  ('c0000000-0000-4000-8000-000000000f02', 'authenticated', 'authenticated', 'mon-provider@credits.test');
 select public.allocate_monthly_credits(pg_temp.client(), 100, 'mon-subscription', '2026-01-01 00:00+00', '2026-02-01 00:00+00', 'mon-fund');
-select public.lock_credits(pg_temp.client(), 40, 'mon-order-1', 'mon-lock');
+-- The credits escrow contract names the provider at lock on newer branches (issue 9): whichever exists.
+do $$
+begin
+  if to_regprocedure('public.lock_credits(uuid, uuid, bigint, text, text)') is not null then
+    execute $call$ select public.lock_credits(user_id => $1, provider_id => $2, amount => 40, order_id => 'mon-order-1',
+      client_request_id => 'mon-lock') $call$ using pg_temp.client(), 'c0000000-0000-4000-8000-000000000f02'::uuid;
+  else
+    execute $call$ select public.lock_credits(user_id => $1, amount => 40, order_id => 'mon-order-1',
+      client_request_id => 'mon-lock') $call$ using pg_temp.client();
+  end if;
+end
+$$;
+select is((select status from credits.escrow_holds where order_id = 'mon-order-1'), 'held', 'setup: a hold of 40 credits');
 update credits.escrow_holds set created_at = now() - interval '15 days' where order_id = 'mon-order-1';
 -- A failed Stripe webhook event.
 insert into ops.app_transaction_log (operation_type, status, error_code, edge_function, client_request_id)
