@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs what the project needs and is missing, so that a fresh clone works with `npm start` and
 # `npm test`: the pinned npm dependencies (deno, supabase CLI) and, when root, the Debian packages
-# for PostgreSQL 15, pgTAP, pg_prove and plpgsql_check (used by `supabase db lint`).
+# for PostgreSQL 15, pgTAP, pg_prove, plpgsql_check (used by `supabase db lint`), pg_cron and Prometheus.
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -32,7 +32,9 @@ fi
 
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 PG_SHARE="${PG_SHARE:-/usr/share/postgresql/15}"
-PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap postgresql-15-plpgsql-check libtap-parser-sourcehandler-pgtap-perl chromium"
+# postgresql-15-cron: pg_cron for the scheduled jobs; prometheus: the metrics test scrapes with a real one;
+# chromium: the web app's browser tests.
+PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap postgresql-15-plpgsql-check libtap-parser-sourcehandler-pgtap-perl postgresql-15-cron prometheus chromium"
 
 missing=""
 [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] || missing="$missing postgresql-15"
@@ -40,6 +42,8 @@ missing=""
 [ -f "$PG_SHARE/extension/pgtap.control" ] || missing="$missing postgresql-15-pgtap"
 [ -f "$PG_SHARE/extension/plpgsql_check.control" ] || missing="$missing postgresql-15-plpgsql-check"
 command -v pg_prove >/dev/null 2>&1 || missing="$missing libtap-parser-sourcehandler-pgtap-perl"
+[ -f "$PG_SHARE/extension/pg_cron.control" ] || missing="$missing postgresql-15-cron"
+command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
 # Headless Chromium for the web app's browser tests (puppeteer-core drives it; no browser download).
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 

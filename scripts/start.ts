@@ -70,6 +70,16 @@ try {
   const environment = await functionsEnvironment(cluster, functionsPort, stripeStandIn?.port ?? 0);
   for (const [name, value] of Object.entries(environment)) Deno.env.set(name, value);
   server = await serveFunctions({ port: functionsPort, jwtSecret: environment.SUPABASE_JWT_SECRET });
+  // Alert notifications: on a hosted project pg_cron calls alert-notifications through pg_net
+  // (README, operations); pg_net is not part of the local stack, so a timer calls it here.
+  if (Deno.env.get("ALERT_WEBHOOK_URL")) {
+    setInterval(() => {
+      fetch(`http://127.0.0.1:${functionsPort}/functions/v1/alert-notifications`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${environment.SUPABASE_SERVICE_ROLE_KEY}` },
+      }).then((response) => response.body?.cancel()).catch(() => {});
+    }, 30_000);
+  }
 
   // The web app, built for this stack; the demo staff come from /local-config.json, never the build.
   const webPort = Number(Deno.env.get("LOCAL_WEB_PORT") ?? LOCAL_WEB_PORT);

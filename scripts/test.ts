@@ -10,6 +10,7 @@ import {
   DB_PASSWORD,
   edgeFunctionsDatabaseUrl,
   initCluster,
+  pauseScheduledJobs,
   startCluster,
   stopCluster,
   SUPABASE_CLI,
@@ -149,6 +150,9 @@ try {
   // Migrations through the Supabase CLI, which also parses and validates supabase/config.toml.
   try {
     await buildDatabase(url);
+    // pg_cron's jobs run on their schedule under `npm start`; here they are paused
+    // (22-scheduled-jobs checks them and runs their commands).
+    await pauseScheduledJobs(url);
     record("migrations and seed (supabase CLI, config.toml)", 1, 0);
   } catch (error) {
     record("migrations and seed (supabase CLI, config.toml)", 0, 1, (error as Error).message);

@@ -7,6 +7,7 @@ import {
   databaseUrl,
   DB_PASSWORD,
   initCluster,
+  pauseScheduledJobs,
   psql,
   startCluster,
   stopCluster,
@@ -30,6 +31,7 @@ export async function withBenchCluster<T>(body: (cluster: Cluster, url: string) 
     await startCluster(cluster);
     const url = databaseUrl(cluster);
     await buildDatabase(url);
+    await pauseScheduledJobs(url);
     return await body(cluster, url);
   } finally {
     await stopCluster(cluster);

@@ -109,6 +109,20 @@ export async function isRunning(cluster: Cluster): Promise<boolean> {
   return (await run(command, args, { check: false })).code === 0;
 }
 
+/**
+ * pg_cron (Debian package postgresql-15-cron, installed by scripts/setup.sh), preloaded as on
+ * Supabase so that the scheduled-jobs migration can schedule its jobs. Given at each start rather
+ * than written at init, so clusters created before pg_cron was added get it too. Jobs run in
+ * background workers: the clusters accept only password logins over TCP, which pg_cron's own
+ * connections would not have. Without the package the cluster starts without it (the migration
+ * then schedules nothing).
+ */
+async function cronServerOptions(): Promise<string> {
+  if (!(await exists(`${PG_BIN}/../lib/pg_cron.so`))) return "";
+  return " -c shared_preload_libraries=pg_cron -c cron.database_name=postgres -c cron.use_background_workers=on" +
+    " -c max_worker_processes=20";
+}
+
 export async function startCluster(cluster: Cluster): Promise<void> {
   const [command, args] = asPostgresUser(`${PG_BIN}/pg_ctl`, [
     "-D",
@@ -116,7 +130,7 @@ export async function startCluster(cluster: Cluster): Promise<void> {
     "-l",
     logFile(cluster),
     "-o",
-    `-p ${cluster.port}`,
+    `-p ${cluster.port}${await cronServerOptions()}`,
     "-w",
     "-t",
     "60",
@@ -161,6 +175,14 @@ export async function applyMigrations(url: string): Promise<void> {
   // The migrations create the functions' role without a password; locally it gets a known one
   // (on a hosted project an operator sets a secret one, see the README).
   await psql(url, `alter role edge_functions with login password '${EDGE_FUNCTIONS_PASSWORD}'`);
+}
+
+/**
+ * Pauses pg_cron's jobs (`npm test`, benchmarks): no job may change data under a running test or
+ * take CPU from a measurement. `npm start` keeps them running.
+ */
+export async function pauseScheduledJobs(url: string): Promise<void> {
+  await psql(url, "do $$ begin if to_regclass('cron.job') is not null then update cron.job set active = false; end if; end $$");
 }
 
 export function loadSeed(url: string): Promise<void> {

@@ -54,6 +54,10 @@ export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
   payment_provider_unavailable: 502,
   // Credits through Stripe: credit checkout sessions.
   purchase_not_found: 404,
+  // Operations: alerts.
+  alert_not_found: 404,
+  alert_already_acknowledged: 409,
+  alert_already_resolved: 409,
 };
 
 /** HTTP status for a business error code; an unknown code is a gap in this table, hence 500. */

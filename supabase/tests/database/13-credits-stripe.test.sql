@@ -299,10 +299,9 @@ select is(
   'mismatch: other credits, amount or user than the pending purchase are payment_mismatch'
 );
 select results_eq(
-  $$ select kind, user_id from ops.alerts where stripe_object_id = 'cs_mm_3' order by id $$,
-  $$ values ('payment_mismatch', pg_temp.disputed()), ('payment_mismatch', pg_temp.disputed()),
-            ('payment_mismatch', pg_temp.disputed()), ('payment_mismatch', pg_temp.disputed()) $$,
-  'mismatch: one alert per mismatching event, about the purchase''s user'
+  $$ select kind, user_id, occurrence_count from ops.alerts where stripe_object_id = 'cs_mm_3' order by id $$,
+  $$ values ('payment_mismatch', pg_temp.disputed(), 4) $$,
+  'mismatch: one alert for the session (deduplicated), counted once per mismatching event'
 );
 select ok(
   (select (user_id, credits, amount_cents, status) = (pg_temp.disputed(), 100::bigint, 5000::bigint, 'pending'::text)
@@ -521,10 +520,10 @@ select results_eq(
   'refund of spent credits: open receivables for the credits the balance could not cover'
 );
 select results_eq(
-  $$ select kind, user_id, (details ->> 'receivable_credits')::bigint from ops.alerts
+  $$ select kind, user_id, (details ->> 'receivable_credits')::bigint, occurrence_count from ops.alerts
      where stripe_object_id = 'ch_spend_6' order by id $$,
-  $$ values ('refund_receivable', pg_temp.spender(), 20::bigint), ('refund_receivable', pg_temp.spender(), 50::bigint) $$,
-  'refund of spent credits: a refund_receivable alert per receivable'
+  $$ values ('refund_receivable', pg_temp.spender(), 50::bigint, 2) $$,
+  'refund of spent credits: one refund_receivable alert for the charge (deduplicated), counted per receivable'
 );
 select results_eq(
   $$ select type, amount_credits, balance_before_credits, balance_after_credits from credits.credit_transactions
