@@ -245,6 +245,7 @@ function prepareCheckout(context, events, next) {
   context.vars.asyncPayment = chance(0.15);
   context.vars.repeatDelivery = chance(0.05);
   context.vars.webhookEvents = [];
+  context.vars.webhookPending = false;
   return next();
 }
 
@@ -303,13 +304,16 @@ function afterCheckout(requestParams, response, context, events, next) {
   if (context.vars.repeatDelivery) deliveries.push({ ...deliveries[0], step: "webhook_repeat" });
   context.vars.webhookEvents = deliveries;
   context.vars.webhookIndex = 0;
+  context.vars.webhookPending = true;
   context.vars.webhookCard = body.card_id;
   context.vars.webhookSession = body.session_id;
   return next();
 }
 
+// Artillery's loop runs its body before it asks whileTrue: the step itself is guarded by
+// `ifTrue: webhookPending` too, so a refused checkout (limit_exceeded) sends no event.
 function hasWebhook(context, next) {
-  return next(context.vars.webhookIndex < (context.vars.webhookEvents || []).length);
+  return next(context.vars.webhookPending === true);
 }
 
 function webhookRequest(requestParams, context, events, next) {
@@ -330,6 +334,7 @@ function afterWebhook(requestParams, response, context, events, next) {
     keep: true,
   });
   context.vars.webhookIndex += 1;
+  context.vars.webhookPending = context.vars.webhookIndex < context.vars.webhookEvents.length;
   return next();
 }
 
