@@ -12,6 +12,7 @@ import {
   type ArtilleryRun,
   checkConsistency,
   type CheckResult,
+  describeCpu,
   functionDurations,
   isDeliberate,
   machineConditions,
@@ -170,16 +171,24 @@ try {
   if (profile === "find-max") {
     // Constant-rate steps, each on a fresh Artillery process, until one misses p95 or errors.
     const steps: { rate: number; run: ArtilleryRun; row: Row; errorRate: number; ok: boolean }[] = [];
+    let retried = false;
     for (let rate = FIND_MAX.startRate; rate <= FIND_MAX.maxRate; rate += FIND_MAX.stepRate) {
       const phase: Phase = { name: `${rate}/s`, duration: findMaxStepSeconds, arrivalRate: rate };
-      const run = await runArtillery(target, data, [phase], folder, `step-${rate}`);
+      const run = await runArtillery(target, data, [phase], folder, `step-${rate}${retried ? "-again" : ""}`);
       const stepRow = row("all", phase.name, run.records, findMaxStepSeconds);
       const total = run.records.length + transportErrorCount(run);
       const errorRate = (failures(run.records) + transportErrorCount(run)) / Math.max(total, 1);
       const ok = stepRow.p95 <= FIND_MAX.p95Ms && errorRate <= FIND_MAX.errorRate;
       steps.push({ rate, run, row: stepRow, errorRate, ok });
       log(`${rate} arrivals/s: ${stepRow.rate.toFixed(0)} responses/s, p95 ${stepRow.p95.toFixed(1)} ms, ` +
-        `errors ${(100 * errorRate).toFixed(2)} %${ok ? "" : ": limit reached"}`);
+        `errors ${(100 * errorRate).toFixed(2)} %; ${run.cpu ? describeCpu(run.cpu) : ""}`);
+      if (!ok && !retried) {
+        // Once per search, a missed step is tried again: on a shared machine one 30-s window
+        // can be spoiled by a neighbour's burst.
+        retried = true;
+        rate -= FIND_MAX.stepRate;
+        continue;
+      }
       if (!ok) break;
     }
     const sustained = steps.filter((step) => step.ok).at(-1);
@@ -188,7 +197,10 @@ try {
         `${sustained.row.p95.toFixed(1)} ms); the next step missed p95 ≤ ${FIND_MAX.p95Ms} ms or errors ≤ 0.1 %`
       : `find-max: even ${FIND_MAX.startRate} arrivals/s missed p95 ≤ ${FIND_MAX.p95Ms} ms or errors ≤ 0.1 %`;
     verdicts.push({ name: "find-max reports a rate", ok: sustained !== undefined, detail: summaryLine });
-    const rows = steps.map((step) => ({ ...step.row, outcomes: `${step.row.outcomes}${step.ok ? "" : " (limit)"}` }));
+    const rows = steps.map((step) => ({
+      ...step.row,
+      outcomes: `${step.row.outcomes}${step.ok ? "" : " (missed)"}${step.run.cpu ? `; ${describeCpu(step.run.cpu)}` : ""}`,
+    }));
     tableMarkdown = markdownTable(rows);
     tableHtml = htmlTable(rows);
     // One timeline for the chart: the steps back to back (Artillery's start-up gaps removed).
@@ -229,9 +241,10 @@ try {
       { name: `p95 under ${THRESHOLDS.peakP95Ms} ms at the 80/s peak`, ok: peak.p95 < THRESHOLDS.peakP95Ms, detail: `${peak.p95.toFixed(1)} ms` },
       { name: `p99 under ${THRESHOLDS.peakP99Ms} ms at the 80/s peak`, ok: peak.p99 < THRESHOLDS.peakP99Ms, detail: `${peak.p99.toFixed(1)} ms` },
     );
+    if (run.cpu) log(describeCpu(run.cpu));
     summaryLine = `${profile}: ${whole.requests} responses in ${phases.reduce((s, p) => s + p.duration, 0)} s, ` +
       `success ${(100 * successRate).toFixed(2)} %, p95 ${whole.p95.toFixed(1)} ms; peak ${peak.rate.toFixed(0)} responses/s, ` +
-      `p95 ${peak.p95.toFixed(1)} ms, p99 ${peak.p99.toFixed(1)} ms`;
+      `p95 ${peak.p95.toFixed(1)} ms, p99 ${peak.p99.toFixed(1)} ms${run.cpu ? `. ${describeCpu(run.cpu)}` : ""}`;
   }
 
   const checks: CheckResult[] = await checkConsistency(target, data, allRecords, before);

@@ -69,6 +69,8 @@ export interface Target {
   serviceKey?: string;
   /** Lines the functions server wrote (local stack only): per-request durations inside the function. */
   functionLog?: () => string;
+  /** Local stack only: the postmaster and the functions server, to attribute CPU time. */
+  pids?: { postgres?: number; functions?: number };
   stop: () => Promise<void>;
 }
 
@@ -158,6 +160,10 @@ export async function startLocalTarget(
       jwtSecret: LOCAL_JWT_SECRET,
       webhookSecret: LOCAL_WEBHOOK_SECRET,
       functionLog: () => serverLog,
+      pids: {
+        postgres: Number((await Deno.readTextFile(`${cluster.dataDir}/postmaster.pid`)).split("\n")[0]),
+        functions: server.pid,
+      },
       stop,
     };
   } catch (error) {
@@ -291,6 +297,7 @@ export interface ArtilleryRun {
   transportErrors: Record<string, number>;
   startedAt: number;
   phases: Phase[];
+  cpu?: CpuShares;
 }
 
 /** Runs loadtest/festival.yml with the given phases; records land in `folder`. */
@@ -315,6 +322,7 @@ export async function runArtillery(
   const seconds = phases.reduce((sum, phase) => sum + phase.duration, 0);
   log(`artillery: ${label}, ${seconds} s, ${phases.map((phase) => phase.name).join(", ")}`);
   const startedAt = Date.now();
+  const stopSampling = sampleCpu(target.pids ?? {});
   const result = await run("node", [
     ARTILLERY,
     "run",
@@ -334,6 +342,7 @@ export async function runArtillery(
     },
     check: false,
   });
+  const cpu = await stopSampling();
   await Deno.writeTextFile(`${folder}/artillery-${label}.log`, `${result.stdout}\n${result.stderr}`);
   if (result.code !== 0) {
     throw new Error(`artillery exited with ${result.code}:\n${(result.stdout + result.stderr).slice(-3000)}`);
@@ -349,7 +358,7 @@ export async function runArtillery(
   for (const [name, count] of Object.entries(report.aggregate?.counters ?? {})) {
     if (name.startsWith("errors.")) transportErrors[name.slice("errors.".length)] = count as number;
   }
-  return { records, transportErrors, startedAt: records[0]?.t ?? startedAt, phases };
+  return { records, transportErrors, startedAt: records[0]?.t ?? startedAt, phases, cpu };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -863,4 +872,91 @@ export async function loadtestSmokeSuite(): Promise<{ name: string; passed: numb
     await Deno.remove(folder, { recursive: true }).catch(() => {});
   }
   return { name, passed, failed, output: lines.join("\n") };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who uses the CPU during a run: this stack's Postgres, its functions server, the load generator
+// (Artillery, our child), and everything else on the machine (from /proc, once a second)
+// ---------------------------------------------------------------------------------------------
+
+export interface CpuShares {
+  postgres: number;
+  functions: number;
+  loadGenerator: number;
+  otherProcesses: number;
+  idle: number;
+}
+
+async function procStat(pid: string): Promise<{ ppid: number; ticks: number } | null> {
+  try {
+    const text = await Deno.readTextFile(`/proc/${pid}/stat`);
+    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+    return { ppid: Number(fields[1]), ticks: Number(fields[11]) + Number(fields[12]) };
+  } catch {
+    return null;
+  }
+}
+
+async function machineTicks(): Promise<{ busy: number; idle: number }> {
+  const values = (await Deno.readTextFile("/proc/stat")).split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+  const idle = values[3] + values[4];
+  return { busy: values.reduce((sum, value) => sum + value, 0) - idle, idle };
+}
+
+/** Samples until the returned function is called; shares are in cores (2.0 = both cores busy). */
+export function sampleCpu(roots: { postgres?: number; functions?: number }): () => Promise<CpuShares> {
+  const last = new Map<number, number>();
+  const used = { postgres: 0, functions: 0, loadGenerator: 0 };
+  let running = true;
+  const loop = (async () => {
+    const start = await machineTicks();
+    let first = true;
+    while (running) {
+      const stats = new Map<number, { ppid: number; ticks: number }>();
+      for await (const entry of Deno.readDir("/proc")) {
+        if (!/^\d+$/.test(entry.name)) continue;
+        const stat = await procStat(entry.name);
+        if (stat) stats.set(Number(entry.name), stat);
+      }
+      for (const [pid, stat] of stats) {
+        let ancestor = pid;
+        let kind: keyof typeof used | null = null;
+        for (let depth = 0; depth < 30 && ancestor > 1; depth++) {
+          if (ancestor === roots.postgres) kind = "postgres";
+          else if (ancestor === roots.functions) kind = "functions";
+          else if (ancestor === Deno.pid && pid !== Deno.pid) kind = "loadGenerator";
+          if (kind) break;
+          ancestor = stats.get(ancestor)?.ppid ?? 0;
+        }
+        const previous = last.get(pid);
+        last.set(pid, stat.ticks);
+        if (kind && !first) used[kind] += stat.ticks - (previous ?? 0);
+      }
+      first = false;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+    return start;
+  })();
+  return async () => {
+    running = false;
+    const start = await loop;
+    const end = await machineTicks();
+    const total = (end.busy + end.idle) - (start.busy + start.idle);
+    const cores = navigator.hardwareConcurrency;
+    const share = (ticks: number) => cores * ticks / Math.max(total, 1);
+    const ours = used.postgres + used.functions + used.loadGenerator;
+    return {
+      postgres: share(used.postgres),
+      functions: share(used.functions),
+      loadGenerator: share(used.loadGenerator),
+      otherProcesses: Math.max(0, share(end.busy - start.busy - ours)),
+      idle: share(end.idle - start.idle),
+    };
+  };
+}
+
+export function describeCpu(cpu: CpuShares): string {
+  const f = (value: number) => value.toFixed(2);
+  return `CPU in cores: Postgres ${f(cpu.postgres)}, functions server ${f(cpu.functions)}, load generator ` +
+    `${f(cpu.loadGenerator)}, other processes on the machine ${f(cpu.otherProcesses)}, idle ${f(cpu.idle)}`;
 }
