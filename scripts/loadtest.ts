@@ -55,7 +55,13 @@ const findMaxStepSeconds = Number(Deno.env.get("LOADTEST_STEP_SECONDS") ?? "30")
 // The seed's thresholds, and ours for this machine at the 80/s peak.
 const THRESHOLDS = { successRate: 0.95, p95Ms: 3000, peakP95Ms: 50, peakP99Ms: 150 };
 // find-max: the last rate at which the system still keeps these.
-const FIND_MAX = { p95Ms: 100, errorRate: 0.001, startRate: 20, stepRate: 20, maxRate: 600 };
+const FIND_MAX = {
+  p95Ms: 100,
+  errorRate: 0.001,
+  startRate: Number(Deno.env.get("LOADTEST_START_RATE") ?? "20"),
+  stepRate: 20,
+  maxRate: 600,
+};
 
 async function remoteTarget(url: string): Promise<Target> {
   const databaseUrl = argument("db-url") ?? Deno.env.get("LOADTEST_DB_URL");
