@@ -20,6 +20,7 @@ import { anonKey, LOCAL_JWT_SECRET } from "./lib/tokens.ts";
 import { BROWSER_TEST_FILE, runBrowserSuite } from "./lib/browser-tests.ts";
 import { startStripeStandIn } from "./lib/stripe-stand-in.ts";
 import { LOCAL_WEBHOOK_SECRET } from "../supabase/functions/_shared/stripe.ts";
+import { loadtestSmokeSuite } from "./lib/loadtest.ts";
 
 interface SuiteResult {
   name: string;
@@ -168,6 +169,11 @@ try {
   await check("supabase db lint", SUPABASE_CLI, ["db", "lint", `--remote=${url}`, "--level", "warning", "--fail-on", "warning"], cliEnv);
   await check("supabase db advisors --fail-on warn", SUPABASE_CLI, ["db", "advisors", `--remote=${url}`, "--fail-on", "warn"], cliEnv);
   await runDenoTests(cluster);
+  // The festival load simulation for 30 s on a stack of its own, proven from the database.
+  if (!testFilter || "loadtest".includes(testFilter)) {
+    const smoke = await loadtestSmokeSuite();
+    record(smoke.name, smoke.passed, smoke.failed, smoke.output);
+  }
 } catch (error) {
   console.error(`[test] stopped early: ${(error as Error).message}`);
   if (!results.some((result) => result.failed > 0)) record("test stack", 0, 1);
