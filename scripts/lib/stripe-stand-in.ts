@@ -1,6 +1,8 @@
 // A small local stand-in for the one Stripe API call the project makes: POST /v1/checkout/sessions
-// (form-encoded, honouring Idempotency-Key like Stripe). Used by the tests and by `npm start`, since
-// Stripe cannot be reached from these machines. It does not pretend to be Stripe beyond that.
+// (form-encoded, honouring Idempotency-Key like Stripe, checking expires_at like Stripe), plus
+// GET /v1/checkout/sessions/:id so that tests can see what was sent. Used by the tests and by
+// `npm start`, since Stripe cannot be reached from these machines. It does not pretend to be
+// Stripe beyond that.
 
 export interface StandInSession {
   id: string;
@@ -15,6 +17,8 @@ export interface StandInSession {
   status: "open";
   success_url: string;
   cancel_url: string;
+  /** Unix seconds; Stripe's default is 24 hours after creation. */
+  expires_at: number;
 }
 
 /** Stripe's bracket notation (`metadata[card_id]=…`, `line_items[0][quantity]=1`) to a flat map. */
@@ -44,6 +48,12 @@ export function startStripeStandIn(port = 0): StripeStandIn {
   let created = 0;
   const server = Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, async (request) => {
     const url = new URL(request.url);
+    const retrieve = /^\/v1\/checkout\/sessions\/([A-Za-z0-9_]+)$/.exec(url.pathname);
+    if (request.method === "GET" && retrieve) {
+      const found = sessions.get(retrieve[1]);
+      if (found) return Response.json(found);
+      return Response.json({ error: { type: "invalid_request_error", code: "resource_missing" } }, { status: 404 });
+    }
     if (request.method !== "POST" || url.pathname !== "/v1/checkout/sessions") {
       return Response.json({ error: { type: "invalid_request_error", message: "not supported by the stand-in" } }, {
         status: 404,
@@ -61,6 +71,12 @@ export function startStripeStandIn(port = 0): StripeStandIn {
     if (!Number.isInteger(unitAmount) || unitAmount <= 0) {
       return Response.json({ error: { type: "invalid_request_error", param: "line_items" } }, { status: 400 });
     }
+    // Like Stripe: 30 minutes to 24 hours after creation.
+    const now = Math.floor(Date.now() / 1000);
+    const expiresAt = fields.has("expires_at") ? Number(fields.get("expires_at")) : now + 24 * 3600;
+    if (!Number.isInteger(expiresAt) || expiresAt < now + 30 * 60 || expiresAt > now + 24 * 3600) {
+      return Response.json({ error: { type: "invalid_request_error", param: "expires_at" } }, { status: 400 });
+    }
     const id = `cs_test_${crypto.randomUUID().replaceAll("-", "")}`;
     const session: StandInSession = {
       id,
@@ -75,6 +91,7 @@ export function startStripeStandIn(port = 0): StripeStandIn {
       status: "open",
       success_url: fields.get("success_url") ?? "",
       cancel_url: fields.get("cancel_url") ?? "",
+      expires_at: expiresAt,
     };
     sessions.set(id, session);
     if (idempotencyKey) byIdempotencyKey.set(idempotencyKey, session);
