@@ -242,6 +242,51 @@ Deno.test("webhook: a dispute racing sales on the same card never loses or inven
   await reconcileIsEmpty();
 });
 
+Deno.test("webhook: created and closed (won) of one dispute delivered concurrently, each twice, end with the card whole", async () => {
+  const [cardId] = await newCards(1);
+  await fund(cardId, 1000);
+  const session = await paidSession(cardId, { package_code: "MIDI" });
+  await deliver(event("checkout.session.completed", session));
+  const disputed = dispute(session, 5000);
+  const created = event("charge.dispute.created", disputed);
+  const closed = event("charge.dispute.closed", { ...disputed, status: "won" });
+  const client = rpcClient(2);
+  try {
+    const results = await Promise.all([
+      deliver(created),
+      deliver(closed),
+      deliver(created),
+      deliver(closed),
+      order(client, cardId, [{ product_id: "water", quantity: 1 }]),
+      order(client, cardId, [{ product_id: "water", quantity: 1 }]),
+    ]);
+    assert.ok(results.slice(0, 4).every((result) => (result as { status: number }).status === 200));
+    const sold = results.slice(4).filter((sale) => (sale as { ok: boolean }).ok).length * 200;
+    const [row] = await sql`select status from festival.card_disputes where stripe_dispute_id = ${disputed.id}`;
+    assert.equal(row.status, "won");
+    assert.equal(await holdBalance(disputed.id), 0);
+    assert.equal(await balance(cardId), 6250 - sold);
+    const [{ open }] = await sql`select count(*)::int as open from festival.receivables where card_id = ${cardId} and status = 'open'`;
+    assert.equal(open, 0);
+  } finally {
+    await client.end();
+  }
+  await reconcileIsEmpty();
+});
+
+Deno.test("webhook: a dispute close with a status that does not close a dispute is an invalid_event, 200", async () => {
+  const [cardId] = await newCards(1);
+  const session = await paidSession(cardId, { amount_cents: 1000 });
+  await deliver(event("checkout.session.completed", session));
+  const closed = event("charge.dispute.closed", dispute(session, 1000, undefined, "needs_response"));
+  const result = await deliver(closed);
+  assert.equal(result.status, 200);
+  assert.equal(result.body.outcome, "invalid_event_data");
+  const [{ alerts }] = await sql`select count(*)::int as alerts from ops.alerts where kind = 'invalid_event' and stripe_object_id = ${closed.id}`;
+  assert.equal(alerts, 1);
+  assert.equal(await balance(cardId), 1000);
+});
+
 Deno.test("webhook: charge.refund.updated with status failed restores what the refund reversed, once", async () => {
   const [cardId] = await newCards(1);
   const session = await paidSession(cardId, { package_code: "MAXI" }); // 10000 + 1000 bonus
