@@ -7,7 +7,8 @@
 --    card (won) or pays it out to Stripe clearing (lost). A dispute that arrives before its payment
 --    is credited, or a close that arrives before its dispute, is parked and applied in order.
 -- 2. A refund that fails (charge.refund.updated, status failed) restores what it reversed, once
---    per refund, also when it arrives before the refund itself or before the credit.
+--    per refund, in any order: refunded totals and failures are timed and kept, and the card is
+--    moved to what they say together (festival.refund_target_cents).
 -- 3. A signed event our procedures refuse becomes an invalid_event alert before Stripe is answered.
 -- 4. Proportions (the bonus share of a refund or dispute) are computed in numeric: a bigint
 --    product of two large amounts would overflow.
@@ -39,11 +40,7 @@ alter table festival.receivables
   add column closed_operation_id bigint references ledger.operations (id);
 
 -- When an online top-up's Checkout Session expires: until then it counts toward the card maximum.
-alter table festival.recharges
-  add column expires_at timestamptz,
-  -- Failed refunds that arrived before the refund itself: Stripe's next running total still
-  -- contains them, and that part must not be reversed (see apply_stripe_refund_total).
-  add column refund_failures_unapplied_cents bigint not null default 0 check (refund_failures_unapplied_cents >= 0);
+alter table festival.recharges add column expires_at timestamptz;
 -- Sessions created before this migration expire after Stripe's default of 24 hours.
 update festival.recharges set expires_at = created_at + interval '24 hours'
 where payment_method = 'stripe' and status = 'pending';
@@ -91,23 +88,40 @@ alter table festival.stripe_disputes_pending
   add column closed_stripe_status text,
   add column closed_event_id text;
 
-/** Every failed refund, once per Stripe refund id (several events can report the same failure). */
+/**
+ * Every refunded total Stripe reported for a payment (charge.refunded's running amount_refunded)
+ * with the time it was taken (the event's creation time). Kept for good: with the failed refunds
+ * they say what the refunds must have reversed, whatever order the events arrive in.
+ */
+create table festival.stripe_refund_totals (
+  stripe_event_id text primary key check (length(stripe_event_id) between 1 and 255),
+  stripe_payment_intent_id text not null,
+  total_cents bigint not null check (total_cents > 0),
+  taken_at timestamptz not null,
+  recorded_at timestamptz not null default now()
+);
+create index stripe_refund_totals_intent on festival.stripe_refund_totals (stripe_payment_intent_id);
+alter table festival.stripe_refund_totals enable row level security;
+create trigger stripe_refund_totals_append_only before update or delete on festival.stripe_refund_totals
+  for each row execute function ledger.refuse_history_change();
+create trigger stripe_refund_totals_no_truncate before truncate on festival.stripe_refund_totals
+  for each statement execute function ledger.refuse_history_change();
+
+/**
+ * Every failed refund, once per Stripe refund id (several events can report the same failure).
+ * A refunded total taken after the refund was created and before it failed still contains it.
+ */
 create table festival.stripe_refund_failures (
   stripe_refund_id text primary key check (length(stripe_refund_id) between 1 and 255),
   stripe_payment_intent_id text not null,
   stripe_charge_id text,
   amount_cents bigint not null check (amount_cents > 0),
-  -- Null while the payment is not credited yet (applied with the credit).
-  recharge_id bigint references festival.recharges (id),
-  restored_cents bigint not null default 0 check (restored_cents >= 0),
-  bonus_restored_cents bigint not null default 0 check (bonus_restored_cents >= 0),
-  operation_id bigint references ledger.operations (id),
+  refund_created_at timestamptz not null,
+  failed_at timestamptz not null,
   event_id text not null,
-  recorded_at timestamptz not null default now(),
-  applied_at timestamptz
+  recorded_at timestamptz not null default now()
 );
-create index stripe_refund_failures_unapplied on festival.stripe_refund_failures (stripe_payment_intent_id)
-  where recharge_id is null;
+create index stripe_refund_failures_intent on festival.stripe_refund_failures (stripe_payment_intent_id);
 alter table festival.stripe_refund_failures enable row level security;
 create trigger stripe_refund_failures_never_deleted before delete on festival.stripe_refund_failures
   for each row execute function ledger.refuse_history_change();
@@ -408,13 +422,54 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 
 /**
- * Reverses refunds of a completed online recharge up to `p_refunded_total_cents` (Stripe's running
- * total): only the part not reversed yet, plus the bonus in proportion. What the card cannot cover
- * becomes an open receivable and an alert. A failed refund recorded before the refund itself
- * arrived is still inside that total: that part is absorbed, not reversed.
+ * What the refunds of a completed online recharge must have reversed. Each refunded total Stripe
+ * reported, less the refunds that failed after it was taken (Stripe's total stops counting a
+ * refund once it fails; a total taken before the failure still counts it), is a lower bound of
+ * what is refunded now: refunds only ever leave through a failure. The largest bound is the answer
+ * once every event has arrived, in any order; an event still on its way can only make it larger
+ * (a refund) or a known bound smaller (a failure), and the card follows. Never above the amount.
  */
-create or replace function festival.apply_stripe_refund_total(
-  p_recharge_id bigint, p_refunded_total_cents bigint, p_event_id text, p_charge_id text)
+create function festival.refund_target_cents(p_recharge festival.recharges) returns bigint
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_target numeric;
+begin
+  select max(t.total_cents - coalesce((
+      select sum(f.amount_cents) from festival.stripe_refund_failures f
+      where f.stripe_payment_intent_id = t.stripe_payment_intent_id
+        and f.refund_created_at <= t.taken_at and f.failed_at > t.taken_at), 0))
+  into v_target
+  from festival.stripe_refund_totals t
+  where t.stripe_payment_intent_id = p_recharge.stripe_payment_intent_id;
+  return greatest(least(coalesce(v_target, 0), p_recharge.amount_cents::numeric), 0)::bigint;
+end;
+$$;
+
+/** Records one refunded total of a payment (once per event). */
+create function festival.record_refund_total(p_event_id text, p_payment_intent_id text, p_total_cents bigint,
+  p_taken_at timestamptz)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  insert into festival.stripe_refund_totals (stripe_event_id, stripe_payment_intent_id, total_cents, taken_at)
+  values (p_event_id, p_payment_intent_id, p_total_cents, p_taken_at)
+  on conflict on constraint stripe_refund_totals_pkey do nothing;
+end;
+$$;
+
+/**
+ * Moves the card to what its refunds must have reversed (festival.refund_target_cents), from what
+ * they have reversed so far (recharges.refunded_cents, with the bonus in proportion):
+ *   more to reverse: the money to Stripe clearing and the bonus share to promotions, from the card
+ *     as far as it goes, the rest owed (an open receivable and an alert);
+ *   less (a refund failed): the money comes back from Stripe clearing and the bonus from
+ *     promotions, first cancelling open refund receivables of the recharge, the rest to the card.
+ */
+create function festival.sync_stripe_refunds(p_recharge_id bigint, p_event_id text, p_charge_id text)
 returns jsonb
 language plpgsql
 set search_path = ''
@@ -422,154 +477,105 @@ as $$
 declare
   v_recharge festival.recharges;
   v_card festival.locked_card;
-  v_increase_cents bigint;
-  v_absorbed_cents bigint;
+  v_target_cents bigint;
   v_refund_cents bigint;
   v_bonus_cents bigint;
   v_from_card_refund bigint;
   v_from_card_bonus bigint;
   v_receivable_cents bigint;
+  v_open_receivable_cents bigint;
+  v_to_receivables bigint;
+  v_money_to_receivables bigint;
+  v_bonus_to_receivables bigint;
   v_operation_id bigint;
   v_legs ledger.transfer_leg[] := array[]::ledger.transfer_leg[];
   v_clearing bigint;
   v_promotions bigint;
   v_receivables bigint;
-begin
-  select * into v_recharge from festival.recharges where id = p_recharge_id for update;
-  v_increase_cents := least(p_refunded_total_cents, v_recharge.amount_cents) - v_recharge.refunded_cents;
-  v_absorbed_cents := least(greatest(v_increase_cents, 0), v_recharge.refund_failures_unapplied_cents);
-  v_refund_cents := v_increase_cents - v_absorbed_cents;
-  if v_absorbed_cents > 0 then
-    update festival.recharges
-    set refund_failures_unapplied_cents = refund_failures_unapplied_cents - v_absorbed_cents
-    where id = p_recharge_id;
-  end if;
-  if v_refund_cents <= 0 then
-    return jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_already_applied',
-      'recharge_id', p_recharge_id, 'refunded_cents', v_recharge.refunded_cents,
-      'absorbed_failed_refund_cents', v_absorbed_cents);
-  end if;
-  v_bonus_cents := festival.bonus_share(v_recharge.bonus_cents, v_recharge.refunded_cents + v_refund_cents,
-    v_recharge.amount_cents) - v_recharge.bonus_reversed_cents;
-  v_bonus_cents := greatest(v_bonus_cents, 0);
-
-  v_card := festival.lock_card(v_recharge.card_id);
-  v_from_card_refund := least(v_refund_cents, v_card.balance_cents);
-  v_from_card_bonus := least(v_bonus_cents, v_card.balance_cents - v_from_card_refund);
-  v_receivable_cents := (v_refund_cents - v_from_card_refund) + (v_bonus_cents - v_from_card_bonus);
-
-  v_operation_id := ledger.create_operation('stripe_refund', p_event_id, null,
-    jsonb_build_object('card_id', v_recharge.card_id, 'recharge_id', p_recharge_id, 'stripe_charge_id', p_charge_id));
-  v_clearing := ledger.system_account_id('stripe_clearing', 'stripe', v_recharge.card_id);
-  v_promotions := ledger.system_account_id('promotions', 'festival', v_recharge.card_id);
-  v_receivables := ledger.system_account_id('receivables', 'festival', v_recharge.card_id);
-  if v_from_card_refund > 0 then
-    v_legs := v_legs || (v_card.account_id, v_clearing, v_from_card_refund)::ledger.transfer_leg;
-  end if;
-  if v_refund_cents > v_from_card_refund then
-    v_legs := v_legs || (v_receivables, v_clearing, v_refund_cents - v_from_card_refund)::ledger.transfer_leg;
-  end if;
-  if v_from_card_bonus > 0 then
-    v_legs := v_legs || (v_card.account_id, v_promotions, v_from_card_bonus)::ledger.transfer_leg;
-  end if;
-  if v_bonus_cents > v_from_card_bonus then
-    v_legs := v_legs || (v_receivables, v_promotions, v_bonus_cents - v_from_card_bonus)::ledger.transfer_leg;
-  end if;
-  if cardinality(v_legs) > 0 then
-    perform ledger.post_transfers(v_operation_id, v_legs);
-  end if;
-  update festival.recharges
-  set refunded_cents = refunded_cents + v_refund_cents, bonus_reversed_cents = bonus_reversed_cents + v_bonus_cents
-  where id = p_recharge_id;
-  if v_receivable_cents > 0 then
-    insert into festival.receivables (card_id, recharge_id, amount_cents, reason, operation_id)
-    values (v_recharge.card_id, p_recharge_id, v_receivable_cents, 'stripe_refund', v_operation_id);
-    perform ops.raise_alert('refund_receivable', 'warning', v_recharge.card_id, p_charge_id,
-      jsonb_build_object('recharge_id', p_recharge_id, 'receivable_cents', v_receivable_cents,
-        'refund_cents', v_refund_cents, 'bonus_reversed_cents', v_bonus_cents));
-  end if;
-  return jsonb_build_object(
-    'ok', true, 'replayed', false, 'outcome', 'refund_applied',
-    'transaction_id', v_operation_id,
-    'recharge_id', p_recharge_id,
-    'card_id', v_recharge.card_id,
-    'refund_cents', v_refund_cents,
-    'bonus_reversed_cents', v_bonus_cents,
-    'absorbed_failed_refund_cents', v_absorbed_cents,
-    'taken_from_card_cents', v_from_card_refund + v_from_card_bonus,
-    'receivable_cents', v_receivable_cents,
-    'previous_balance_cents', v_card.balance_cents,
-    'new_balance_cents', v_card.balance_cents - v_from_card_refund - v_from_card_bonus);
-end;
-$$;
-
-/**
- * Restores what a failed refund reversed: its money (at most what is reversed so far) and the
- * bonus that went with it. Open refund receivables of the recharge are cancelled first (the holder
- * no longer owes what the refund could not take), the rest goes back to the card. What the refund
- * has not reversed yet (its charge.refunded is still on its way) is remembered, so that it is
- * never reversed.
- */
-create function festival.apply_refund_failure(p_failure festival.stripe_refund_failures, p_recharge_id bigint, p_event_id text)
-returns jsonb
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_recharge festival.recharges;
-  v_card festival.locked_card;
-  v_money_cents bigint;
-  v_bonus_cents bigint;
-  v_restore_cents bigint;
-  v_open_receivable_cents bigint;
-  v_to_receivables bigint;
-  v_to_card bigint;
-  v_operation_id bigint;
-  v_legs ledger.transfer_leg[] := array[]::ledger.transfer_leg[];
-  v_receivables bigint;
   v_receivable festival.receivables;
   v_left bigint;
 begin
   select * into v_recharge from festival.recharges where id = p_recharge_id for update;
-  v_money_cents := least(p_failure.amount_cents, v_recharge.refunded_cents);
-  v_bonus_cents := v_recharge.bonus_reversed_cents
-    - festival.bonus_share(v_recharge.bonus_cents, v_recharge.refunded_cents - v_money_cents, v_recharge.amount_cents);
-  v_bonus_cents := greatest(v_bonus_cents, 0);
-  v_restore_cents := v_money_cents + v_bonus_cents;
+  v_target_cents := festival.refund_target_cents(v_recharge);
+  v_refund_cents := v_target_cents - v_recharge.refunded_cents;
+  if v_refund_cents = 0 then
+    return jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_already_applied',
+      'recharge_id', p_recharge_id, 'refunded_cents', v_recharge.refunded_cents);
+  end if;
+  -- Signed: negative when a failed refund gives back.
+  v_bonus_cents := festival.bonus_share(v_recharge.bonus_cents, v_target_cents, v_recharge.amount_cents)
+    - v_recharge.bonus_reversed_cents;
   v_card := festival.lock_card(v_recharge.card_id);
-  v_operation_id := ledger.create_operation('stripe_refund_failed', p_event_id, null,
-    jsonb_build_object('card_id', v_recharge.card_id, 'recharge_id', p_recharge_id,
-      'stripe_refund_id', p_failure.stripe_refund_id));
-  -- Receivables first: money the holder owes because of this recharge's refunds.
+  v_clearing := ledger.system_account_id('stripe_clearing', 'stripe', v_recharge.card_id);
+  v_promotions := ledger.system_account_id('promotions', 'festival', v_recharge.card_id);
+  v_receivables := ledger.system_account_id('receivables', 'festival', v_recharge.card_id);
+
+  if v_refund_cents > 0 then
+    v_bonus_cents := greatest(v_bonus_cents, 0);
+    v_from_card_refund := least(v_refund_cents, v_card.balance_cents);
+    v_from_card_bonus := least(v_bonus_cents, v_card.balance_cents - v_from_card_refund);
+    v_receivable_cents := (v_refund_cents - v_from_card_refund) + (v_bonus_cents - v_from_card_bonus);
+    v_operation_id := ledger.create_operation('stripe_refund', p_event_id, null,
+      jsonb_build_object('card_id', v_recharge.card_id, 'recharge_id', p_recharge_id, 'stripe_charge_id', p_charge_id));
+    if v_from_card_refund > 0 then
+      v_legs := v_legs || (v_card.account_id, v_clearing, v_from_card_refund)::ledger.transfer_leg;
+    end if;
+    if v_refund_cents > v_from_card_refund then
+      v_legs := v_legs || (v_receivables, v_clearing, v_refund_cents - v_from_card_refund)::ledger.transfer_leg;
+    end if;
+    if v_from_card_bonus > 0 then
+      v_legs := v_legs || (v_card.account_id, v_promotions, v_from_card_bonus)::ledger.transfer_leg;
+    end if;
+    if v_bonus_cents > v_from_card_bonus then
+      v_legs := v_legs || (v_receivables, v_promotions, v_bonus_cents - v_from_card_bonus)::ledger.transfer_leg;
+    end if;
+    perform ledger.post_transfers(v_operation_id, v_legs);
+    update festival.recharges
+    set refunded_cents = refunded_cents + v_refund_cents, bonus_reversed_cents = bonus_reversed_cents + v_bonus_cents
+    where id = p_recharge_id;
+    if v_receivable_cents > 0 then
+      insert into festival.receivables (card_id, recharge_id, amount_cents, reason, operation_id)
+      values (v_recharge.card_id, p_recharge_id, v_receivable_cents, 'stripe_refund', v_operation_id);
+      perform ops.raise_alert('refund_receivable', 'warning', v_recharge.card_id, p_charge_id,
+        jsonb_build_object('recharge_id', p_recharge_id, 'receivable_cents', v_receivable_cents,
+          'refund_cents', v_refund_cents, 'bonus_reversed_cents', v_bonus_cents));
+    end if;
+    return jsonb_build_object(
+      'ok', true, 'replayed', false, 'outcome', 'refund_applied',
+      'transaction_id', v_operation_id,
+      'recharge_id', p_recharge_id,
+      'card_id', v_recharge.card_id,
+      'refund_cents', v_refund_cents,
+      'bonus_reversed_cents', v_bonus_cents,
+      'taken_from_card_cents', v_from_card_refund + v_from_card_bonus,
+      'receivable_cents', v_receivable_cents,
+      'previous_balance_cents', v_card.balance_cents,
+      'new_balance_cents', v_card.balance_cents - v_from_card_refund - v_from_card_bonus);
+  end if;
+
+  -- A refund failed: give back -v_refund_cents of money and -v_bonus_cents of bonus.
+  v_refund_cents := -v_refund_cents;
+  v_bonus_cents := greatest(-v_bonus_cents, 0);
   select coalesce(sum(amount_cents), 0) into v_open_receivable_cents from festival.receivables
   where recharge_id = p_recharge_id and status = 'open' and reason = 'stripe_refund';
-  v_to_receivables := least(v_restore_cents, v_open_receivable_cents);
-  v_to_card := v_restore_cents - v_to_receivables;
-  v_receivables := ledger.system_account_id('receivables', 'festival', v_recharge.card_id);
-  -- The money part from Stripe clearing, the bonus part from promotions; receivables before the card.
-  if v_money_cents > 0 then
-    if least(v_money_cents, v_to_receivables) > 0 then
-      v_legs := v_legs || (ledger.system_account_id('stripe_clearing', 'stripe', v_recharge.card_id), v_receivables,
-        least(v_money_cents, v_to_receivables))::ledger.transfer_leg;
-    end if;
-    if v_money_cents - least(v_money_cents, v_to_receivables) > 0 then
-      v_legs := v_legs || (ledger.system_account_id('stripe_clearing', 'stripe', v_recharge.card_id), v_card.account_id,
-        v_money_cents - least(v_money_cents, v_to_receivables))::ledger.transfer_leg;
-    end if;
+  v_to_receivables := least(v_refund_cents + v_bonus_cents, v_open_receivable_cents);
+  v_money_to_receivables := least(v_refund_cents, v_to_receivables);
+  v_bonus_to_receivables := v_to_receivables - v_money_to_receivables;
+  v_operation_id := ledger.create_operation('stripe_refund_failed', p_event_id, null,
+    jsonb_build_object('card_id', v_recharge.card_id, 'recharge_id', p_recharge_id, 'stripe_charge_id', p_charge_id));
+  if v_money_to_receivables > 0 then
+    v_legs := v_legs || (v_clearing, v_receivables, v_money_to_receivables)::ledger.transfer_leg;
   end if;
-  if v_bonus_cents > 0 then
-    if v_to_receivables - least(v_money_cents, v_to_receivables) > 0 then
-      v_legs := v_legs || (ledger.system_account_id('promotions', 'festival', v_recharge.card_id), v_receivables,
-        v_to_receivables - least(v_money_cents, v_to_receivables))::ledger.transfer_leg;
-    end if;
-    if v_bonus_cents - (v_to_receivables - least(v_money_cents, v_to_receivables)) > 0 then
-      v_legs := v_legs || (ledger.system_account_id('promotions', 'festival', v_recharge.card_id), v_card.account_id,
-        v_bonus_cents - (v_to_receivables - least(v_money_cents, v_to_receivables)))::ledger.transfer_leg;
-    end if;
+  if v_refund_cents > v_money_to_receivables then
+    v_legs := v_legs || (v_clearing, v_card.account_id, v_refund_cents - v_money_to_receivables)::ledger.transfer_leg;
   end if;
-  if cardinality(v_legs) > 0 then
-    perform ledger.post_transfers(v_operation_id, v_legs);
+  if v_bonus_to_receivables > 0 then
+    v_legs := v_legs || (v_promotions, v_receivables, v_bonus_to_receivables)::ledger.transfer_leg;
   end if;
+  if v_bonus_cents > v_bonus_to_receivables then
+    v_legs := v_legs || (v_promotions, v_card.account_id, v_bonus_cents - v_bonus_to_receivables)::ledger.transfer_leg;
+  end if;
+  perform ledger.post_transfers(v_operation_id, v_legs);
   -- The cancelled receivables; a partly covered one is replaced by an open one for the rest.
   v_left := v_to_receivables;
   for v_receivable in
@@ -585,45 +591,59 @@ begin
     v_left := v_left - v_receivable.amount_cents;
   end loop;
   update festival.recharges
-  set refunded_cents = refunded_cents - v_money_cents,
-    bonus_reversed_cents = bonus_reversed_cents - v_bonus_cents,
-    refund_failures_unapplied_cents = refund_failures_unapplied_cents + (p_failure.amount_cents - v_money_cents)
+  set refunded_cents = refunded_cents - v_refund_cents, bonus_reversed_cents = bonus_reversed_cents - v_bonus_cents
   where id = p_recharge_id;
-  update festival.stripe_refund_failures
-  set recharge_id = p_recharge_id, restored_cents = v_money_cents, bonus_restored_cents = v_bonus_cents,
-    operation_id = v_operation_id, applied_at = now()
-  where stripe_refund_id = p_failure.stripe_refund_id;
-  perform ops.raise_alert('refund_failed', 'warning', v_recharge.card_id, p_failure.stripe_refund_id,
-    jsonb_build_object('recharge_id', p_recharge_id, 'amount_cents', p_failure.amount_cents,
-      'restored_cents', v_money_cents, 'bonus_restored_cents', v_bonus_cents,
-      'note', 'Stripe could not return this refund; the money is back on the card and in our Stripe balance'));
+  perform ops.raise_alert('refund_failed', 'warning', v_recharge.card_id, p_charge_id,
+    jsonb_build_object('recharge_id', p_recharge_id, 'restored_cents', v_refund_cents,
+      'bonus_restored_cents', v_bonus_cents, 'receivable_cancelled_cents', v_to_receivables,
+      'note', 'Stripe could not pay a refund out; the money is back in our Stripe balance and on the card'));
   return jsonb_build_object(
-    'ok', true, 'replayed', false,
-    'outcome', case when v_money_cents > 0 then 'refund_failure_restored' else 'refund_failure_recorded' end,
+    'ok', true, 'replayed', false, 'outcome', 'refund_failure_restored',
     'transaction_id', v_operation_id,
     'recharge_id', p_recharge_id,
     'card_id', v_recharge.card_id,
-    'stripe_refund_id', p_failure.stripe_refund_id,
-    'restored_cents', v_money_cents,
+    'restored_cents', v_refund_cents,
     'bonus_restored_cents', v_bonus_cents,
     'receivable_cancelled_cents', v_to_receivables,
     'previous_balance_cents', v_card.balance_cents,
-    'new_balance_cents', v_card.balance_cents + v_to_card);
+    'new_balance_cents', v_card.balance_cents + (v_refund_cents + v_bonus_cents - v_to_receivables));
 end;
 $$;
 
 /**
- * charge.refund.updated with status failed: Stripe could not pay a refund back, so the money is
- * ours again and the card gets back what the refund took. Once per refund id. Before the payment is
- * credited the failure is parked and applied with the credit (after any parked refund).
+ * A refunded total (Stripe's running amount_refunded) for a completed online recharge: recorded
+ * (sp_process_stripe_refund has recorded it already, with the time Stripe took it; a direct call
+ * uses the clock), then the card is moved to match.
  */
-create function public.sp_process_stripe_refund_failure(
+create or replace function festival.apply_stripe_refund_total(
+  p_recharge_id bigint, p_refunded_total_cents bigint, p_event_id text, p_charge_id text)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform festival.record_refund_total(p_event_id,
+    (select stripe_payment_intent_id from festival.recharges where id = p_recharge_id), p_refunded_total_cents,
+    clock_timestamp());
+  return festival.sync_stripe_refunds(p_recharge_id, p_event_id, p_charge_id);
+end;
+$$;
+
+drop function public.sp_process_stripe_refund(text, text, bigint, text, text);
+
+/**
+ * charge.refunded: `amount_refunded_cents` is Stripe's running total for the payment, taken at
+ * `stripe_event_created_at` (the event's creation time; the clock when null); only the part not
+ * reversed yet moves, and a total older than one already seen moves nothing. Before the session
+ * is credited the total is parked and applied with the credit.
+ */
+create function public.sp_process_stripe_refund(
   stripe_payment_intent_id text,
   stripe_charge_id text,
-  stripe_refund_id text,
-  amount_cents bigint,
+  amount_refunded_cents bigint,
   currency text,
-  stripe_event_id text)
+  stripe_event_id text,
+  stripe_event_created_at timestamptz default null)
 returns jsonb
 language plpgsql
 security definer
@@ -632,7 +652,79 @@ as $$
 declare
   v_result jsonb;
   v_recharge festival.recharges;
-  v_failure festival.stripe_refund_failures;
+  v_taken_at timestamptz := coalesce(sp_process_stripe_refund.stripe_event_created_at, clock_timestamp());
+begin
+  perform ledger.require(length(sp_process_stripe_refund.stripe_payment_intent_id) between 1 and 255,
+    'stripe_payment_intent_id', 'must be 1 to 255 characters');
+  perform ledger.require(sp_process_stripe_refund.amount_refunded_cents > 0, 'amount_refunded_cents', 'must be positive');
+  v_result := festival.stripe_event_replay(sp_process_stripe_refund.stripe_event_id);
+  if v_result is null then
+    -- Serialize with the credit of the same payment: both lock this key first.
+    perform pg_advisory_xact_lock(hashtextextended('stripe-intent:' || sp_process_stripe_refund.stripe_payment_intent_id, 20261122));
+    select * into v_recharge from festival.recharges r
+    where r.stripe_payment_intent_id = sp_process_stripe_refund.stripe_payment_intent_id;
+    if upper(sp_process_stripe_refund.currency) <> (select s.currency from festival.settings s) then
+      perform ops.raise_alert('payment_mismatch', 'critical', v_recharge.card_id, sp_process_stripe_refund.stripe_charge_id,
+        jsonb_build_object('refund_currency', upper(sp_process_stripe_refund.currency)));
+      v_result := ledger.error_result('payment_mismatch', 'refund in another currency', '{}'::jsonb);
+    else
+      -- Kept whoever's payment it is; a card recharge credited later counts it then.
+      perform festival.record_refund_total(sp_process_stripe_refund.stripe_event_id,
+        sp_process_stripe_refund.stripe_payment_intent_id, sp_process_stripe_refund.amount_refunded_cents, v_taken_at);
+      v_result := festival.refund_credited_payment(sp_process_stripe_refund.stripe_payment_intent_id,
+        sp_process_stripe_refund.amount_refunded_cents, sp_process_stripe_refund.stripe_event_id,
+        sp_process_stripe_refund.stripe_charge_id);
+    end if;
+    if v_result is null then
+      -- A card recharge credited later applies festival.stripe_refund_totals; the parked row also
+      -- serves payments of other kinds (credit purchases read it when they are credited).
+      insert into festival.stripe_refunds_pending (stripe_payment_intent_id, amount_refunded_cents, currency, last_event_id)
+      values (sp_process_stripe_refund.stripe_payment_intent_id, sp_process_stripe_refund.amount_refunded_cents,
+        upper(sp_process_stripe_refund.currency), sp_process_stripe_refund.stripe_event_id)
+      on conflict on constraint stripe_refunds_pending_pkey do update
+        set amount_refunded_cents = greatest(festival.stripe_refunds_pending.amount_refunded_cents, excluded.amount_refunded_cents),
+          last_event_id = excluded.last_event_id, updated_at = now();
+      v_result := jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_parked_until_credit',
+        'stripe_payment_intent_id', sp_process_stripe_refund.stripe_payment_intent_id);
+    end if;
+    perform festival.stripe_event_done(sp_process_stripe_refund.stripe_event_id, 'charge.refunded', v_result);
+  end if;
+  perform ops.log_attempt('stripe_refund', v_result, sp_process_stripe_refund.stripe_event_id, null, v_recharge.card_id,
+    p_amount_cents => (v_result ->> 'refund_cents')::bigint,
+    p_details => jsonb_build_object('stripe_payment_intent_id', sp_process_stripe_refund.stripe_payment_intent_id,
+      'user_id', v_result ->> 'user_id'));
+  return v_result;
+end;
+$$;
+revoke execute on function public.sp_process_stripe_refund(text, text, bigint, text, text, timestamptz)
+  from public, anon, authenticated;
+grant execute on function public.sp_process_stripe_refund(text, text, bigint, text, text, timestamptz)
+  to service_role, edge_functions;
+
+/**
+ * charge.refund.updated with status failed: Stripe could not pay a refund out, so the money is ours
+ * again and the card gets back what that refund reversed. Once per refund id, in any order: the
+ * failure is timed (`refund_created_at`, `stripe_event_created_at`; the clock when null), so a
+ * refunded total taken before it still counts the refund and one taken after it does not (see
+ * festival.refund_target_cents). Before the payment is credited it waits for the credit.
+ */
+create function public.sp_process_stripe_refund_failure(
+  stripe_payment_intent_id text,
+  stripe_charge_id text,
+  stripe_refund_id text,
+  amount_cents bigint,
+  currency text,
+  stripe_event_id text,
+  refund_created_at timestamptz default null,
+  stripe_event_created_at timestamptz default null)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_result jsonb;
+  v_recharge festival.recharges;
 begin
   perform ledger.require(length(sp_process_stripe_refund_failure.stripe_payment_intent_id) between 1 and 255,
     'stripe_payment_intent_id', 'must be 1 to 255 characters');
@@ -657,17 +749,25 @@ begin
         'stripe_refund_id', sp_process_stripe_refund_failure.stripe_refund_id);
     else
       insert into festival.stripe_refund_failures (stripe_refund_id, stripe_payment_intent_id, stripe_charge_id, amount_cents,
-        event_id)
+        refund_created_at, failed_at, event_id)
       values (sp_process_stripe_refund_failure.stripe_refund_id, sp_process_stripe_refund_failure.stripe_payment_intent_id,
         sp_process_stripe_refund_failure.stripe_charge_id, sp_process_stripe_refund_failure.amount_cents,
-        sp_process_stripe_refund_failure.stripe_event_id)
-      returning * into v_failure;
+        -- Without the refund's own time, any total seen before the failure is taken to contain it.
+        coalesce(sp_process_stripe_refund_failure.refund_created_at, '-infinity'),
+        coalesce(sp_process_stripe_refund_failure.stripe_event_created_at, clock_timestamp()),
+        sp_process_stripe_refund_failure.stripe_event_id);
       if v_recharge.id is null then
         v_result := jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'refund_failure_parked_until_credit',
           'stripe_refund_id', sp_process_stripe_refund_failure.stripe_refund_id);
       else
-        v_result := festival.apply_refund_failure(v_failure, v_recharge.id, sp_process_stripe_refund_failure.stripe_event_id);
+        v_result := festival.sync_stripe_refunds(v_recharge.id, sp_process_stripe_refund_failure.stripe_event_id,
+          sp_process_stripe_refund_failure.stripe_charge_id);
+        if v_result ->> 'outcome' = 'refund_already_applied' then
+          -- Nothing reversed contains this refund (yet): the totals that do will not count it.
+          v_result := v_result || jsonb_build_object('outcome', 'refund_failure_recorded');
+        end if;
       end if;
+      v_result := v_result || jsonb_build_object('stripe_refund_id', sp_process_stripe_refund_failure.stripe_refund_id);
     end if;
     perform festival.stripe_event_done(sp_process_stripe_refund_failure.stripe_event_id, 'charge.refund.updated', v_result);
   end if;
@@ -677,9 +777,9 @@ begin
   return v_result;
 end;
 $$;
-revoke execute on function public.sp_process_stripe_refund_failure(text, text, text, bigint, text, text)
+revoke execute on function public.sp_process_stripe_refund_failure(text, text, text, bigint, text, text, timestamptz, timestamptz)
   from public, anon, authenticated;
-grant execute on function public.sp_process_stripe_refund_failure(text, text, text, bigint, text, text)
+grant execute on function public.sp_process_stripe_refund_failure(text, text, text, bigint, text, text, timestamptz, timestamptz)
   to service_role, edge_functions;
 
 -- ---------------------------------------------------------------------------------------------
@@ -996,8 +1096,6 @@ declare
   v_legs ledger.transfer_leg[];
   v_pending_refund festival.stripe_refunds_pending;
   v_pending_dispute festival.stripe_disputes_pending;
-  v_failure festival.stripe_refund_failures;
-  v_failures jsonb := '[]'::jsonb;
   v_package festival.topup_packages;
   v_expected_bonus_cents bigint;
   v_unmatched_attempts integer;
@@ -1095,25 +1193,16 @@ begin
     'previous_balance_cents', v_card.balance_cents,
     'new_balance_cents', v_card.balance_cents + p_amount_cents + p_bonus_cents);
 
-  -- Refunds, refund failures and disputes that arrived before this credit are applied now, in
-  -- the order Stripe produced them: the refund, its failure, then the dispute (and its close).
+  -- Refunds (with their failures, which festival.refund_target_cents counts) and disputes that
+  -- arrived before this credit are applied now: the refunds first, then the dispute (and its close).
   if p_payment_intent_id is not null then
     delete from festival.stripe_refunds_pending where stripe_payment_intent_id = p_payment_intent_id
     returning * into v_pending_refund;
-    if v_pending_refund.stripe_payment_intent_id is not null then
+    -- The parked totals themselves are in festival.stripe_refund_totals already.
+    if v_pending_refund.stripe_payment_intent_id is not null
+        or exists (select 1 from festival.stripe_refund_failures where stripe_payment_intent_id = p_payment_intent_id) then
       v_result := v_result || jsonb_build_object('refund',
-        festival.apply_stripe_refund_total(v_recharge.id, v_pending_refund.amount_refunded_cents,
-          v_pending_refund.last_event_id, null));
-    end if;
-    for v_failure in
-      select * from festival.stripe_refund_failures
-      where stripe_payment_intent_id = p_payment_intent_id and recharge_id is null
-      order by recorded_at, stripe_refund_id
-    loop
-      v_failures := v_failures || festival.apply_refund_failure(v_failure, v_recharge.id, v_failure.event_id);
-    end loop;
-    if jsonb_array_length(v_failures) > 0 then
-      v_result := v_result || jsonb_build_object('refund_failures', v_failures);
+        festival.sync_stripe_refunds(v_recharge.id, coalesce(v_pending_refund.last_event_id, p_event_id), null));
     end if;
     delete from festival.stripe_disputes_pending where stripe_payment_intent_id = p_payment_intent_id
     returning * into v_pending_dispute;

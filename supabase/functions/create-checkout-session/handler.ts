@@ -41,7 +41,7 @@ interface PendingRecharge extends OutcomeBody {
   session_id: string | null;
   checkout_url: string | null;
   /** When the Checkout Session expires; until then the pending top-up counts toward the card maximum. */
-  expires_at: string;
+  expires_at: string | null;
 }
 
 export type CreateSession = (params: {
@@ -75,7 +75,7 @@ const createStripeSession: CreateSession = async ({ recharge, successUrl, cancel
     client_reference_id: String(recharge.recharge_id),
     // The expiry stored with the pending recharge (the same on every retry, as Stripe's
     // idempotency requires): after it nobody can pay, so the top-up stops counting.
-    expires_at: Math.floor(Date.parse(recharge.expires_at) / 1000),
+    ...(recharge.expires_at ? { expires_at: Math.floor(Date.parse(recharge.expires_at) / 1000) } : {}),
     metadata,
     payment_intent_data: { metadata },
   }, { idempotencyKey });

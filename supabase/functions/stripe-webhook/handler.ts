@@ -241,6 +241,8 @@ async function dispatch(context: RequestContext, call: RpcCall, event: Stripe.Ev
         amount_refunded_cents: charge.amount_refunded,
         currency: charge.currency,
         stripe_event_id: event.id,
+        // When Stripe took this running total: an older total delivered late must not undo a failure.
+        stripe_event_created_at: new Date(event.created * 1000).toISOString(),
       }, callContext);
       return acknowledge(context, event.id, String(result.outcome ?? (result.error as { code: string }).code), result);
     }
@@ -281,6 +283,9 @@ async function dispatch(context: RequestContext, call: RpcCall, event: Stripe.Ev
         amount_cents: refund.amount,
         currency: refund.currency,
         stripe_event_id: event.id,
+        // Refunded totals taken between these two times still count the failed refund.
+        refund_created_at: typeof refund.created === "number" ? new Date(refund.created * 1000).toISOString() : null,
+        stripe_event_created_at: new Date(event.created * 1000).toISOString(),
       }, callContext);
       return acknowledge(context, event.id, outcomeOf(result), result);
     }

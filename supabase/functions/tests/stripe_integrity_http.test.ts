@@ -293,14 +293,35 @@ Deno.test("webhook: charge.refund.updated with status failed restores what the r
   await deliver(event("checkout.session.completed", session));
   await deliver(event("charge.refunded", charge(session, 4000)));
   assert.equal(await balance(cardId), 6600);
-  const failed = event("charge.refund.updated", refund(session, 4000, "failed"));
-  const results = await Promise.all([deliver(failed), deliver(failed), deliver(event(failed.type, failed.data.object))]);
+  // Stripe reports a failure later than the refund it fails (times are whole seconds).
+  const later = Math.floor(Date.now() / 1000) + 60;
+  const failed = { ...event("charge.refund.updated", refund(session, 4000, "failed")), created: later };
+  const sameRefundOtherEvent = { ...event(failed.type, failed.data.object), created: later };
+  const results = await Promise.all([deliver(failed), deliver(failed), deliver(sameRefundOtherEvent)]);
   assert.ok(results.every((result) => result.status === 200));
   const restored = results.filter((result) => result.body.result?.replayed === false && result.body.outcome === "refund_failure_restored");
   assert.equal(restored.length, 1, JSON.stringify(results.map((result) => result.body)));
   assert.equal(await balance(cardId), 11000);
   const succeeded = await deliver(event("charge.refund.updated", refund(session, 1000, "succeeded")));
   assert.equal(succeeded.body.outcome, "ignored_refund_not_failed");
+  await reconcileIsEmpty();
+});
+
+Deno.test("webhook: a refunded total taken before a failure but delivered after it reverses only what did not fail", async () => {
+  const [cardId] = await newCards(1);
+  const session = await paidSession(cardId, { package_code: "MAXI" }); // 10000 + 1000 bonus
+  await deliver(event("checkout.session.completed", session));
+  const t0 = Math.floor(Date.now() / 1000);
+  const first = refund(session, 4000, "failed");
+  await deliver({ ...event("charge.refunded", charge(session, 4000)), created: t0 });
+  assert.equal(await balance(cardId), 6600);
+  const failure = await deliver({ ...event("charge.refund.updated", { ...first, created: t0 }), created: t0 + 120 });
+  assert.equal(failure.body.outcome, "refund_failure_restored");
+  assert.equal(await balance(cardId), 11000);
+  // A second refund of 2000 was made before the first failed; its charge.refunded arrives last.
+  const late = await deliver({ ...event("charge.refunded", charge(session, 6000)), created: t0 + 60 });
+  assert.equal(late.body.result.refund_cents, 2000);
+  assert.equal(await balance(cardId), 8800);
   await reconcileIsEmpty();
 });
 

@@ -773,7 +773,7 @@ select ok(
     'public.sp_attach_checkout_session(bigint, text, text)',
     'public.sp_process_stripe_recharge(text, bigint, text, text, text, text, bigint, jsonb)',
     'public.sp_fail_stripe_recharge(text, text, text)',
-    'public.sp_process_stripe_refund(text, text, bigint, text, text)',
+    'public.sp_process_stripe_refund(text, text, bigint, text, text, timestamptz)',
     'public.sp_process_stripe_dispute(text, text, text, bigint, text)']) as f),
   'service_role may execute all six procedures'
 );

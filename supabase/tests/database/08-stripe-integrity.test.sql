@@ -4,7 +4,7 @@
 -- limit; pending online top-ups and open dispute holds count toward the card maximum.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(79);
+select plan(82);
 
 -- ---------------------------------------------------------------------------------------------
 -- Helpers (temporary, gone with the transaction)
@@ -201,12 +201,27 @@ select is(pg_temp.card_balance('DEMO-0047'), 11000::bigint, 'failed refund: repl
 select public.sp_process_stripe_refund('pi_r47', 'ch_r47', 2000, 'eur', 'evt_refund_47_b');
 select is(pg_temp.card_balance('DEMO-0047'), 8800::bigint, 'a refund after the failure is reversed (2000 + 200)');
 
--- Out of order: the failure arrives before the charge.refunded that contained it.
+-- Out of order: the failure arrives before the charge.refunded that contained it (Stripe's times:
+-- refund created at 10:00, its total taken at 10:00, the refund failed the next day).
 select pg_temp.credit('DEMO-0048', 2000, 0, 'MINI', 'pi_r48');
-select is(public.sp_process_stripe_refund_failure('pi_r48', 'ch_r48', 're_48', 1000, 'eur', 'evt_refund_failed_48')
-  ->> 'outcome', 'refund_failure_recorded', 'failure first: recorded, nothing to restore yet');
-select public.sp_process_stripe_refund('pi_r48', 'ch_r48', 1000, 'eur', 'evt_refund_48');
+select is(public.sp_process_stripe_refund_failure('pi_r48', 'ch_r48', 're_48', 1000, 'eur', 'evt_refund_failed_48',
+  '2026-11-20 10:00:00+00', '2026-11-21 10:00:00+00') ->> 'outcome', 'refund_failure_recorded',
+  'failure first: recorded, nothing to restore yet');
+select public.sp_process_stripe_refund('pi_r48', 'ch_r48', 1000, 'eur', 'evt_refund_48', '2026-11-20 10:00:00+00');
 select is(pg_temp.card_balance('DEMO-0048'), 2000::bigint, 'failure first: the late refund of the failed 1000 moves nothing');
+-- A second refund of 500 after the failure (Stripe's total: 500) is reversed, whatever the order.
+select public.sp_process_stripe_refund('pi_r48', 'ch_r48', 500, 'eur', 'evt_refund_48_b', '2026-11-21 11:00:00+00');
+select is(pg_temp.card_balance('DEMO-0048'), 1500::bigint, 'failure first: a later refund of 500 is reversed');
+
+-- Two refunds (1000, then 500 more), the first fails; the second total arrives after the failure.
+select pg_temp.credit('DEMO-0035', 2000, 0, 'MINI', 'pi_r35');
+select public.sp_process_stripe_refund('pi_r35', 'ch_r35', 1000, 'eur', 'evt_refund_35_a', '2026-11-20 10:00:00+00');
+select public.sp_process_stripe_refund_failure('pi_r35', 'ch_r35', 're_35', 1000, 'eur', 'evt_refund_failed_35',
+  '2026-11-20 10:00:00+00', '2026-11-22 10:00:00+00');
+select is(pg_temp.card_balance('DEMO-0035'), 2000::bigint, 'stale total: the failure restored the 1000');
+select public.sp_process_stripe_refund('pi_r35', 'ch_r35', 1500, 'eur', 'evt_refund_35_b', '2026-11-21 10:00:00+00');
+select is(pg_temp.card_balance('DEMO-0035'), 1500::bigint,
+  'stale total: a total taken before the failure (1500) reverses only the 500 that did not fail');
 
 -- Both before the credit: refund parked, failure parked, then the credit.
 select public.sp_process_stripe_refund('pi_r49', 'ch_r49', 500, 'eur', 'evt_refund_49');
@@ -310,7 +325,7 @@ select ok(
   (select bool_and(has_function_privilege(r, f, 'execute'))
    from unnest(array['service_role', 'edge_functions']) r, unnest(array[
     'public.sp_close_stripe_dispute(text, text, text, bigint, text, text)',
-    'public.sp_process_stripe_refund_failure(text, text, text, bigint, text, text)',
+    'public.sp_process_stripe_refund_failure(text, text, text, bigint, text, text, timestamptz, timestamptz)',
     'public.sp_record_invalid_stripe_event(text, text, text, text, text)']) f),
   'service_role and edge_functions may execute the new procedures');
 
