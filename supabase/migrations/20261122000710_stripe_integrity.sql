@@ -106,6 +106,14 @@ create trigger stripe_refund_totals_append_only before update or delete on festi
   for each row execute function ledger.refuse_history_change();
 create trigger stripe_refund_totals_no_truncate before truncate on festival.stripe_refund_totals
   for each statement execute function ledger.refuse_history_change();
+-- What was reversed before this migration stands as a total taken now (failures of those refunds
+-- come later), and totals parked before their credit keep their time.
+insert into festival.stripe_refund_totals (stripe_event_id, stripe_payment_intent_id, total_cents, taken_at)
+select 'before-migration:recharge:' || id, stripe_payment_intent_id, refunded_cents, now()
+from festival.recharges where refunded_cents > 0 and stripe_payment_intent_id is not null;
+insert into festival.stripe_refund_totals (stripe_event_id, stripe_payment_intent_id, total_cents, taken_at)
+select 'before-migration:parked:' || stripe_payment_intent_id, stripe_payment_intent_id, amount_refunded_cents, updated_at
+from festival.stripe_refunds_pending;
 
 /**
  * Every failed refund, once per Stripe refund id (several events can report the same failure).
@@ -888,6 +896,10 @@ declare
   v_receivables bigint;
 begin
   select * into v_dispute from festival.card_disputes where stripe_dispute_id = p_dispute_id for update;
+  if not found then
+    -- Callers open the dispute first; reaching this is a bug, and nothing may move.
+    raise exception 'dispute % is not recorded', p_dispute_id using errcode = 'no_data_found';
+  end if;
   if v_dispute.status <> 'open' then
     return jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'dispute_already_closed',
       'stripe_dispute_id', p_dispute_id, 'card_id', v_dispute.card_id, 'status', v_dispute.status);
