@@ -1,12 +1,13 @@
 // A small local stand-in for the one Stripe API call the project makes: POST /v1/checkout/sessions
-// (form-encoded, honouring Idempotency-Key like Stripe). Used by the tests and by `npm start`, since
-// Stripe cannot be reached from these machines. It does not pretend to be Stripe beyond that, except
-// for a bare checkout page (GET /c/pay/<id> on the stand-in): "Pay" marks the session paid, sends
-// `checkout.session.completed` signed with the real `stripe` library to `webhookUrl` (when given)
-// and redirects to the session's success_url, as Stripe Checkout does; "Cancel" goes back. A
-// session's `url` is https://checkout.stripe.test/c/pay/<id> like Stripe's (https), unless
-// `localCheckoutPages` makes it the stand-in's own http page (npm start); the browser tests route
-// checkout.stripe.test to the stand-in.
+// (form-encoded, honouring Idempotency-Key like Stripe, checking expires_at like Stripe), plus
+// GET /v1/checkout/sessions/:id so that tests can see what was sent. Used by the tests and by
+// `npm start`, since Stripe cannot be reached from these machines. It does not pretend to be
+// Stripe beyond that, except for a bare checkout page (GET /c/pay/<id> on the stand-in): "Pay"
+// marks the session paid, sends `checkout.session.completed` signed with the real `stripe`
+// library to `webhookUrl` (when given) and redirects to the session's success_url, as Stripe
+// Checkout does; "Cancel" goes back. A session's `url` is https://checkout.stripe.test/c/pay/<id>
+// like Stripe's (https), unless `localCheckoutPages` makes it the stand-in's own http page
+// (npm start); the browser tests route checkout.stripe.test to the stand-in.
 
 import Stripe from "stripe";
 
@@ -24,6 +25,8 @@ export interface StandInSession {
   payment_intent: string | null;
   success_url: string;
   cancel_url: string;
+  /** Unix seconds; Stripe's default is 24 hours after creation. */
+  expires_at: number;
 }
 
 /** Stripe's bracket notation (`metadata[card_id]=…`, `line_items[0][quantity]=1`) to a flat map. */
@@ -121,6 +124,12 @@ export function startStripeStandIn(options: number | StandInOptions = 0): Stripe
         return new Response(null, { status: 303, headers: { location: session.success_url } });
       }
     }
+    const retrieve = /^\/v1\/checkout\/sessions\/([A-Za-z0-9_]+)$/.exec(url.pathname);
+    if (request.method === "GET" && retrieve) {
+      const found = sessions.get(retrieve[1]);
+      if (found) return Response.json(found);
+      return Response.json({ error: { type: "invalid_request_error", code: "resource_missing" } }, { status: 404 });
+    }
     if (request.method !== "POST" || url.pathname !== "/v1/checkout/sessions") {
       return Response.json({ error: { type: "invalid_request_error", message: "not supported by the stand-in" } }, {
         status: 404,
@@ -137,6 +146,12 @@ export function startStripeStandIn(options: number | StandInOptions = 0): Stripe
     const quantity = Number(fields.get("line_items[0][quantity]") ?? "1");
     if (!Number.isInteger(unitAmount) || unitAmount <= 0) {
       return Response.json({ error: { type: "invalid_request_error", param: "line_items" } }, { status: 400 });
+    }
+    // Like Stripe: 30 minutes to 24 hours after creation.
+    const now = Math.floor(Date.now() / 1000);
+    const expiresAt = fields.has("expires_at") ? Number(fields.get("expires_at")) : now + 24 * 3600;
+    if (!Number.isInteger(expiresAt) || expiresAt < now + 30 * 60 || expiresAt > now + 24 * 3600) {
+      return Response.json({ error: { type: "invalid_request_error", param: "expires_at" } }, { status: 400 });
     }
     const id = `cs_test_${crypto.randomUUID().replaceAll("-", "")}`;
     const session: StandInSession = {
@@ -155,6 +170,7 @@ export function startStripeStandIn(options: number | StandInOptions = 0): Stripe
       payment_intent: null,
       success_url: fields.get("success_url") ?? "",
       cancel_url: fields.get("cancel_url") ?? "",
+      expires_at: expiresAt,
     };
     sessions.set(id, session);
     if (idempotencyKey) byIdempotencyKey.set(idempotencyKey, session);

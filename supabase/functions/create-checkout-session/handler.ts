@@ -10,6 +10,7 @@ import { rpc, type RpcCall } from "../_shared/rpc.ts";
 import {
   amountCents,
   cardId,
+  checkoutReturnUrl,
   clientRequestId,
   packageCode,
   parseInput,
@@ -17,20 +18,13 @@ import {
 } from "../_shared/schemas.ts";
 import { stripeClient } from "../_shared/stripe.ts";
 
-const returnUrl = z.string().max(2048).refine((value) => {
-  try {
-    return ["https:", "http:"].includes(new URL(value).protocol);
-  } catch {
-    return false;
-  }
-}, "an absolute http(s) URL");
-
 export const CheckoutRequest = z.strictObject({
   card_id: cardId,
   amount_cents: amountCents.optional(),
   package_code: packageCode.optional(),
-  success_url: returnUrl,
-  cancel_url: returnUrl,
+  // Only our own pages: Stripe's checkout page must not send a payer on to a look-alike site.
+  success_url: checkoutReturnUrl,
+  cancel_url: checkoutReturnUrl,
   client_request_id: clientRequestId.optional(),
 }).refine((body) => (body.amount_cents === undefined) !== (body.package_code === undefined), {
   message: "give either amount_cents or package_code",
@@ -46,6 +40,8 @@ interface PendingRecharge extends OutcomeBody {
   currency: string;
   session_id: string | null;
   checkout_url: string | null;
+  /** When the Checkout Session expires; until then the pending top-up counts toward the card maximum. */
+  expires_at: string | null;
 }
 
 export type CreateSession = (params: {
@@ -77,6 +73,9 @@ const createStripeSession: CreateSession = async ({ recharge, successUrl, cancel
     success_url: successUrl,
     cancel_url: cancelUrl,
     client_reference_id: String(recharge.recharge_id),
+    // The expiry stored with the pending recharge (the same on every retry, as Stripe's
+    // idempotency requires): after it nobody can pay, so the top-up stops counting.
+    ...(recharge.expires_at ? { expires_at: Math.floor(Date.parse(recharge.expires_at) / 1000) } : {}),
     metadata,
     payment_intent_data: { metadata },
   }, { idempotencyKey });
@@ -139,6 +138,7 @@ export function createCheckoutHandler(call: RpcCall, createSession: CreateSessio
       amount_cents: prepared.amount_cents,
       bonus_cents: prepared.bonus_cents,
       currency: prepared.currency,
+      expires_at: prepared.expires_at,
     }, context.requestId);
   });
 }

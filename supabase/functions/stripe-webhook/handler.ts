@@ -299,6 +299,8 @@ async function dispatch(context: RequestContext, call: RpcCall, event: Stripe.Ev
         amount_refunded_cents: charge.amount_refunded,
         currency: charge.currency,
         stripe_event_id: event.id,
+        // When Stripe took this running total: an older total delivered late must not undo a failure.
+        stripe_event_created_at: new Date(event.created * 1000).toISOString(),
       }, callContext);
       return acknowledge(context, event.id, String(result.outcome ?? (result.error as { code: string }).code), result);
     }
@@ -322,19 +324,45 @@ async function dispatch(context: RequestContext, call: RpcCall, event: Stripe.Ev
         amount_cents: dispute.amount,
         stripe_event_id: event.id,
       }, callContext);
-      return acknowledge(context, event.id, String(result.outcome), result);
+      return acknowledge(context, event.id, outcomeOf(result), result);
+    }
+    case "charge.refund.updated": {
+      // Only a failed refund changes anything: Stripe could not pay it back, the money is ours again.
+      const refund = event.data.object;
+      if (refund.status !== "failed") return acknowledge(context, event.id, "ignored_refund_not_failed");
+      const intent = paymentIntentId(refund.payment_intent);
+      if (!intent) return acknowledge(context, event.id, "ignored_no_payment_intent");
+      const result = await call("sp_process_stripe_refund_failure", {
+        stripe_payment_intent_id: intent,
+        stripe_charge_id: typeof refund.charge === "string" ? refund.charge : refund.charge?.id ?? null,
+        stripe_refund_id: refund.id,
+        amount_cents: refund.amount,
+        currency: refund.currency,
+        stripe_event_id: event.id,
+        // Refunded totals taken between these two times still count the failed refund.
+        refund_created_at: typeof refund.created === "number" ? new Date(refund.created * 1000).toISOString() : null,
+        stripe_event_created_at: new Date(event.created * 1000).toISOString(),
+      }, callContext);
+      return acknowledge(context, event.id, outcomeOf(result), result);
     }
     case "charge.dispute.closed": {
+      // A closed dispute of a credit purchase releases or retires its credits; anything else is a
+      // festival card's: won releases the held money to the card, lost writes it off.
       const dispute = event.data.object;
-      const creditDispute = await call("sp_close_credit_dispute", {
+      const closed = {
         stripe_payment_intent_id: paymentIntentId(dispute.payment_intent) ?? "",
         stripe_charge_id: typeof dispute.charge === "string" ? dispute.charge : dispute.charge.id,
         stripe_dispute_id: dispute.id,
         amount_cents: dispute.amount,
         status: dispute.status,
         stripe_event_id: event.id,
-      }, callContext);
-      return acknowledge(context, event.id, outcomeOf(creditDispute), creditDispute);
+      };
+      const creditDispute = await call("sp_close_credit_dispute", closed, callContext);
+      if (creditDispute.outcome !== "not_a_credit_purchase") {
+        return acknowledge(context, event.id, outcomeOf(creditDispute), creditDispute);
+      }
+      const result = await call("sp_close_stripe_dispute", closed, callContext);
+      return acknowledge(context, event.id, outcomeOf(result), result);
     }
     default:
       // Acknowledged so that Stripe does not retry an event we do not use.
@@ -365,7 +393,8 @@ export function createStripeWebhookHandler(call: RpcCall): (request: Request) =>
       return await dispatch(context, call, event);
     } catch (error) {
       // A signed event whose data our procedures refuse can never succeed: a retry would only
-      // repeat it for days. Acknowledge it and leave it to a person, through the error log.
+      // repeat it for days. It is acknowledged, but only once an invalid_event alert exists for a
+      // person to look at (if the alert cannot be written, the error answers 5xx and Stripe retries).
       if (!(error instanceof ProcedureError && isInvalidArgumentSqlState(error.sqlState))) throw error;
       console.error(JSON.stringify({
         level: "error",
@@ -373,6 +402,13 @@ export function createStripeWebhookHandler(call: RpcCall): (request: Request) =>
         request_id: context.requestId,
         message: `event ${event.id} (${event.type}) refused by ${error.procedure}: ${error.message}`,
       }));
+      await call("sp_record_invalid_stripe_event", {
+        stripe_event_id: event.id,
+        event_type: event.type,
+        refused_by: error.procedure,
+        sqlstate: error.sqlState ?? "",
+        message: error.message,
+      }, { functionName: context.functionName, requestId: context.requestId });
       return acknowledge(context, event.id, "invalid_event_data");
     }
   });

@@ -677,16 +677,16 @@ insert into responses
 select 'dispute', public.sp_process_stripe_dispute('pi_no_pending_18', 'ch_18', 'dp_18', 3000, 'evt_dispute_18');
 select is(
   pg_temp.pick(pg_temp.response('dispute'), array['ok', 'replayed', 'outcome', 'card_id', 'recharge_id']),
-  jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'card_blocked_for_dispute', 'card_id', 'DEMO-0018',
+  jsonb_build_object('ok', true, 'replayed', false, 'outcome', 'dispute_hold_opened', 'card_id', 'DEMO-0018',
     'recharge_id', pg_temp.response('credit-no-pending') -> 'recharge_id'),
-  'dispute: the card of the payment is blocked'
+  'dispute: the disputed money of the payment is held'
 );
-select is((select status from festival.cards where id = 'DEMO-0018'), 'blocked', 'dispute: festival.cards says blocked');
+select is((select status from festival.cards where id = 'DEMO-0018'), 'active', 'dispute: the card stays active');
 select is(
   public.sp_process_bar_order('DEMO-0018', '[{"product_id": "beer", "quantity": 1}]', 'main-bar', 'st-bar-0018',
     '00000000-0000-4000-8000-00000000b001') #>> '{error,code}',
-  'card_blocked',
-  'dispute: the card sells nothing more (card_blocked)'
+  'insufficient_funds',
+  'dispute: the card is not blocked; the held 3000 are not spendable (insufficient_funds)'
 );
 select results_eq(
   $$ select card_id, severity from ops.alerts where kind = 'dispute' and stripe_object_id = 'dp_18' $$,
@@ -701,7 +701,7 @@ select ok(
     and pg_temp.alert_count('dispute', 'dp_18') = 1,
   'dispute replay: the stored result, no second alert'
 );
-select is(pg_temp.card_balance('DEMO-0018'), 3000::bigint, 'dispute: the balance is untouched');
+select is(pg_temp.card_balance('DEMO-0018'), 0::bigint, 'dispute: the 3000 moved from the card to the hold');
 insert into responses
 select 'dispute-unmatched', public.sp_process_stripe_dispute('pi_nobody', 'ch_nobody', 'dp_nobody', 1000, 'evt_dispute_nobody');
 select is(pg_temp.response('dispute-unmatched') ->> 'outcome', 'dispute_unmatched',
@@ -777,7 +777,7 @@ select ok(
     'public.sp_attach_checkout_session(bigint, text, text)',
     'public.sp_process_stripe_recharge(text, bigint, text, text, text, text, bigint, jsonb)',
     'public.sp_fail_stripe_recharge(text, text, text)',
-    'public.sp_process_stripe_refund(text, text, bigint, text, text)',
+    'public.sp_process_stripe_refund(text, text, bigint, text, text, timestamptz)',
     'public.sp_process_stripe_dispute(text, text, text, bigint, text)']) as f),
   'service_role may execute all six procedures'
 );
@@ -848,12 +848,12 @@ select is(
 select is_empty($$ select 1 from festival.recharges where client_request_id = 'st-prep-blocked-30' $$,
   'prepare failure: no recharge was created by the replay');
 
--- A dispute that arrives before its payment is credited is parked; the credit then blocks the card.
+-- A dispute that arrives before its payment is credited is parked; the credit then opens its hold.
 select is(public.sp_process_stripe_dispute('pi_dispute_first', 'ch_dispute_first', 'dp_first', 1000, 'evt_dispute_first')
   ->> 'outcome', 'dispute_unmatched', 'early dispute: parked until the credit');
 select is(public.sp_process_stripe_recharge('DEMO-0031', 1000, 'eur', 'cs_dispute_first', 'evt_credit_dispute_first',
-  'pi_dispute_first', 0, '{}') ->> 'card_blocked_for_dispute', 'dp_first', 'early dispute: applied with the credit');
-select is((select status from festival.cards where id = 'DEMO-0031'), 'blocked', 'early dispute: the card ends blocked');
+  'pi_dispute_first', 0, '{}') #>> '{dispute,outcome}', 'dispute_hold_opened', 'early dispute: applied with the credit');
+select is((select status from festival.cards where id = 'DEMO-0031'), 'active', 'early dispute: the card stays active');
 select is_empty($$ select 1 from festival.stripe_disputes_pending where stripe_payment_intent_id = 'pi_dispute_first' $$,
   'early dispute: no longer pending');
 

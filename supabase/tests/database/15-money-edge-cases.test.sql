@@ -8,7 +8,7 @@
 -- And a reconciled ledger afterwards. Every card and user here is new, so the seed does not matter.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(40);
+select plan(41);
 
 -- ---------------------------------------------------------------------------------------------
 -- Helpers, cards and users (temporary, gone with the transaction)
@@ -177,6 +177,13 @@ select 'prepare-maxi-3', public.sp_prepare_online_recharge('EDGE-0003', null, 'M
 insert into responses
 select 'attach-maxi-3', public.sp_attach_checkout_session((pg_temp.response('prepare-maxi-3') ->> 'recharge_id')::bigint,
   'cs_edge_maxi_3', 'https://checkout.stripe.test/c/pay/cs_edge_maxi_3');
+-- While the session is open it counts toward the maximum (issue 9, item 10): the 1000 is refused.
+insert into responses select 'fill-3c-pending', pg_temp.cash_recharge('EDGE-0003', 1000, 'edge-fill-3c-pending');
+select is(pg_temp.response('fill-3c-pending') #>> '{error,code}', 'limit_exceeded',
+  'card maximum: a pending MAXI session counts toward the maximum, a checkpoint 1000 on top is refused');
+-- Once its expiry has passed it no longer counts; the paid event below then stands for a payment
+-- Stripe reports anyway (the crediting rule under test).
+update festival.recharges set expires_at = now() - interval '1 second' where stripe_session_id = 'cs_edge_maxi_3';
 insert into responses select 'fill-3c', pg_temp.cash_recharge('EDGE-0003', 1000, 'edge-fill-3c');
 select is(
   jsonb_build_array(pg_temp.response('prepare-maxi-3') ->> 'ok', pg_temp.response('attach-maxi-3') ->> 'session_id',
