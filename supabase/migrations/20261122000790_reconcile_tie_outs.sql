@@ -66,6 +66,9 @@ $$;
  *                         did not fund the recharge's operation by exactly its amount (and bonus)
  *   deposits_outstanding  a shard of festival.deposits_outstanding differs from the ledger, or
  *                         its row is missing
+ *   refund_reversal       what an online recharge says was refunded and reversed (money plus
+ *                         bonus) differs from what its refund operations (and restored failed
+ *                         refunds) moved back to Stripe clearing and promotions
  */
 create function festival.tie_out_checks()
 returns table (check_name text, account_id bigint, account_code text, expected_cents bigint, actual_cents bigint, detail text)
@@ -88,6 +91,16 @@ as $$
   ),
   recharge_moves as (
     select * from ledger.operation_account_net((select array_agg(operation_id) from recharges))
+  ),
+  refund_moves as (
+    select (o.metadata ->> 'recharge_id')::bigint as recharge_id,
+      sum(case when a.id = t.to_account_id then t.amount_cents else -t.amount_cents end)::bigint as reversed_cents
+    from ledger.operations o
+    join ledger.transfers t on t.operation_id = o.id
+    join ledger.accounts a on a.id in (t.to_account_id, t.from_account_id)
+      and a.system_purpose in ('stripe_clearing', 'promotions')
+    where o.kind in ('stripe_refund', 'stripe_refund_failed') and o.metadata ? 'recharge_id'
+    group by 1
   )
   select 'bar_order_total', o.account_id, null::text, -o.total_cents, coalesce(m.net_cents, 0),
     format('bar order %s: the card moved by %s, the order says %s', o.id, coalesce(m.net_cents, 0), -o.total_cents)
@@ -142,6 +155,13 @@ as $$
     where m.operation_id = source.operation_id and a.system_purpose = source.purpose and a.owner_ref = source.owner_ref
   ) funded on true
   where coalesce(funded.net_cents, 0) <> source.expected_cents
+  union all
+  select 'refund_reversal', null::bigint, null::text, r.refunded_cents + r.bonus_reversed_cents,
+    coalesce(m.reversed_cents, 0),
+    format('recharge %s: %s refunded and %s of its bonus reversed, its refund operations moved back %s', r.id,
+      r.refunded_cents, r.bonus_reversed_cents, coalesce(m.reversed_cents, 0))
+  from festival.recharges r left join refund_moves m on m.recharge_id = r.id
+  where r.payment_method = 'stripe' and r.refunded_cents + r.bonus_reversed_cents <> coalesce(m.reversed_cents, 0)
   union all
   select 'deposits_outstanding', b.account_id, b.code, b.balance_cents, d.held_cents,
     format('deposits held shard %s: the counter says %s, the ledger %s', a.shard, coalesce(d.held_cents::text, 'nothing'),

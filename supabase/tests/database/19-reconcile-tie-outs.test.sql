@@ -4,7 +4,7 @@
 -- check names exactly that record.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(8);
+select plan(12);
 
 -- A little of everything, so that every check has records to look at.
 select public.sp_process_bar_order('DEMO-0091', '[{"product_id": "beer", "quantity": 2}, {"product_id": "cup-deposit", "quantity": 1}]',
@@ -79,6 +79,37 @@ select results_eq(
   'a booking whose journal rows differ is named');
 update credits.booking_payments set credits = 5 where booking_id = 'tie-booking';
 alter table credits.booking_payments enable trigger booking_payments_append_only;
+
+-- Online top-up refunds: MIDI online on DEMO-0094, then half refunded.
+create temp table tie_online as
+select public.sp_prepare_online_recharge('DEMO-0094', null, 'MIDI', 'tie-online') as pending;
+select public.sp_attach_checkout_session((select (pending ->> 'recharge_id')::bigint from tie_online), 'cs_tie',
+  'https://checkout.stripe.test/c/pay/cs_tie');
+select public.sp_process_stripe_recharge('DEMO-0094', 5000, 'eur', 'cs_tie', 'evt_tie_paid', 'pi_tie', 250,
+  jsonb_build_object('recharge_id', (select pending ->> 'recharge_id' from tie_online), 'package_code', 'MIDI'));
+select public.sp_process_stripe_refund('pi_tie', 'ch_tie', 2500, 'eur', 'evt_tie_refund');
+select is_empty('select * from public.ledger_reconcile()', 'a credited and half-refunded online top-up ties out');
+update festival.recharges set refunded_cents = 2000 where stripe_session_id = 'cs_tie';
+select results_eq(
+  $$ select check_name, expected_cents, actual_cents from public.ledger_reconcile() $$,
+  $$ values ('refund_reversal', 2125::bigint, 2625::bigint) $$,
+  'a recharge whose refunded total differs from what its refund operations moved back is named');
+update festival.recharges set refunded_cents = 2500 where stripe_session_id = 'cs_tie';
+
+-- Escrow: a hold released to someone else than its client.
+select public.lock_credits('00000000-0000-4000-8000-0000000e0002', '00000000-0000-4000-8000-0000000e0001', 3,
+  'tie-order', 'tie-lock');
+select public.unlock_credits('00000000-0000-4000-8000-0000000e0002', 'tie-order', '00000000-0000-4000-8000-0000000e0002',
+  'tie-unlock');
+select is_empty('select * from public.ledger_reconcile()', 'a locked and unlocked hold ties out');
+alter table credits.escrow_holds disable trigger user;
+update credits.escrow_holds set status = 'paid_out' where order_id = 'tie-order';
+select results_eq(
+  $$ select check_name, detail ~ '^hold tie-order of' from public.ledger_reconcile() $$,
+  $$ values ('hold_release', true) $$,
+  'a hold whose release did not go to the party its status names is named');
+update credits.escrow_holds set status = 'unlocked' where order_id = 'tie-order';
+alter table credits.escrow_holds enable trigger user;
 
 -- Signs of system accounts: a transfer that takes money out of a bar's revenue into a card.
 select ledger.post_transfers(
