@@ -1,4 +1,4 @@
--- Demo festival for local development, demos and tests (DESIGN §10). The identifiers are stable:
+-- Demo festival for local development, demos and tests (docs/architecture.md §10). The identifiers are stable:
 -- the README, the demo tokens and the tests rely on them. Loaded on a new local database only.
 
 -- Staff are auth users first (on a hosted project they sign in through Supabase Auth).

@@ -1,4 +1,4 @@
-// A project-local PostgreSQL 15 cluster prepared like the Supabase Postgres image (DESIGN §3).
+// A project-local PostgreSQL 15 cluster prepared like the Supabase Postgres image (docs/architecture.md §3).
 // Used by `npm start` (persistent, under .local/) and `npm test` (throwaway, in a temp folder).
 
 import { asPostgresUser, isRoot, log, PG_BIN, REPO_ROOT, run } from "./process.ts";

@@ -1,4 +1,4 @@
-// The persistent local stack of `npm start` and `npm run db:reset`: ports and paths of DESIGN §10.
+// The persistent local stack of `npm start` and `npm run db:reset`: ports and paths of docs/architecture.md §10.
 
 import { anonKey, LOCAL_JWT_SECRET, serviceRoleKey } from "./tokens.ts";
 import { type Cluster, databaseUrl, edgeFunctionsDatabaseUrl } from "./cluster.ts";

@@ -1,5 +1,5 @@
 // Demo tokens for the local stack, signed with the Supabase CLI's default local JWT secret
-// (DESIGN §10). They are public knowledge: never configure this secret on a hosted project.
+// (docs/architecture.md §10). They are public knowledge: never configure this secret on a hosted project.
 
 import { SignJWT } from "jose";
 

@@ -366,7 +366,7 @@ begin
     return ledger.error_result('idempotency_key_reused', 'this client_request_id was already used for a different request',
       jsonb_build_object('client_request_id', sp_prepare_online_recharge.client_request_id));
   end if;
-  -- Business failures are recorded outcomes too (DESIGN §5), under the ordinary idempotency keys.
+  -- Business failures are recorded outcomes too (docs/architecture.md §5), under the ordinary idempotency keys.
   select * into v_idempotency from ledger.idempotency_begin(sp_prepare_online_recharge.client_request_id,
     'prepare_online_recharge', jsonb_build_object('request_fingerprint', v_fingerprint));
   if v_idempotency.outcome <> 'new' then

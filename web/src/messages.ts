@@ -1,4 +1,4 @@
-// A human sentence for each refusal the functions can answer (codes from DESIGN §6).
+// A human sentence for each refusal the functions can answer (codes from docs/architecture.md §6).
 import { type ErrorBody, formatMoney } from "./api";
 import type { MessageKey } from "./i18n";
 

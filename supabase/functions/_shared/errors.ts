@@ -1,4 +1,4 @@
-// The one place where outcomes become HTTP statuses (DESIGN §6). Procedures return business
+// The one place where outcomes become HTTP statuses (docs/architecture.md §6). Procedures return business
 // outcomes as {"ok": false, "error": {"code": ...}}; edge functions never choose statuses themselves.
 
 export const STATUS_BY_ERROR_CODE: Readonly<Record<string, number>> = {
@@ -95,7 +95,7 @@ export class HttpError extends Error {
 }
 
 /**
- * SQLSTATEs a procedure raises for invalid arguments (DESIGN §6: programming errors of the caller).
+ * SQLSTATEs a procedure raises for invalid arguments (docs/architecture.md §6: programming errors of the caller).
  * They mean the input was wrong, not that the server failed, so they answer 400, never 500.
  */
 const INVALID_ARGUMENT_SQLSTATES = new Set([

@@ -1,5 +1,5 @@
 // The festival functions over HTTP against the local functions server and a real database:
-// every status of the DESIGN §6 table, a table-driven bad-input suite that proves nothing moved,
+// every status of the docs/architecture.md §6 table, a table-driven bad-input suite that proves nothing moved,
 // replays, CORS and request ids.
 
 import assert from "node:assert/strict";

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { HttpError, isInvalidArgumentSqlState, statusForErrorCode, statusForOutcome } from "../_shared/errors.ts";
 
-Deno.test("errors: every code of the DESIGN §6 table maps to its status", () => {
+Deno.test("errors: every code of the docs/architecture.md §6 table maps to its status", () => {
   const expected: Record<string, number> = {
     invalid_input: 400,
     invalid_json: 400,

@@ -1,4 +1,4 @@
--- Ledger kernel (DESIGN §4, §5, §7): post_transfers, append-only history, derived system
+-- Ledger kernel (docs/architecture.md §4, §5, §7): post_transfers, append-only history, derived system
 -- balances, shards, idempotency keys, the purge job, reconciliation and who may call what.
 begin;
 create extension if not exists pgtap with schema extensions;

@@ -1,11 +1,11 @@
--- Card administration (issue 3, DESIGN §5-§7): sp_admin_register_cards, sp_admin_block_card,
+-- Card administration (issue 3, docs/architecture.md §5-§7): sp_admin_register_cards, sp_admin_block_card,
 -- sp_admin_unblock_card. Admins only, idempotent, every attempt logged, blocked cards cannot be
 -- sold to or recharged.
 begin;
 create extension if not exists pgtap with schema extensions;
 select plan(95);
 
--- Seeded staff (DESIGN §10).
+-- Seeded staff (docs/architecture.md §10).
 create function pg_temp.admin() returns uuid language sql immutable as $$ select '00000000-0000-4000-8000-00000000a001'::uuid $$;
 create function pg_temp.bartender() returns uuid language sql immutable as $$ select '00000000-0000-4000-8000-00000000b001'::uuid $$;
 create function pg_temp.cashier() returns uuid language sql immutable as $$ select '00000000-0000-4000-8000-00000000c001'::uuid $$;

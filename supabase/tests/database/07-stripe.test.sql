@@ -834,7 +834,7 @@ select results_eq(
 );
 select is_empty($$ select * from public.ledger_reconcile() $$, 'ledger_reconcile() finds no discrepancy');
 
--- A business failure of prepare is a recorded outcome (DESIGN §5): after the card is unblocked,
+-- A business failure of prepare is a recorded outcome (docs/architecture.md §5): after the card is unblocked,
 -- the same key still answers card_blocked, and no recharge appears.
 select public.sp_admin_block_card('DEMO-0030', '00000000-0000-4000-8000-00000000a001', 'st-block-30');
 select is(public.sp_prepare_online_recharge('DEMO-0030', 1000, null, 'st-prep-blocked-30') #>> '{error,code}',
