@@ -181,6 +181,8 @@ $$;
  *   allocation_journal  an allocation whose journal row differs from its credits
  *   purchase_journal    a completed purchase whose journal row differs from its credits
  *   hold_journal        a hold whose lock row differs from its amount
+ *   purchase_refund     a purchase's reversed credits differ from what its refund operations took
+ *                       back plus what they left as receivables
  *   hold_release        a released hold whose release operation did not move exactly its amount
  *                       from the hold to the client (unlocked) or to the named provider (paid out)
  */
@@ -221,6 +223,25 @@ as $$
     where t.operation_id = p.operation_id and t.user_id = p.user_id and t.type = 'purchase'
   ) journal on true
   where p.status = 'completed' and journal.moved is distinct from p.credits
+  union all
+  select 'purchase_refund', null::bigint, null::text, p.credits_reversed, coalesce(taken.credits, 0) + coalesce(owed.credits, 0),
+    format('purchase %s: %s credits reversed, its refunds took back %s and left %s owed', p.stripe_session_id,
+      p.credits_reversed, coalesce(taken.credits, 0), coalesce(owed.credits, 0))
+  from credits.credit_purchases p
+  left join (
+    select o.metadata ->> 'stripe_session_id' as stripe_session_id, sum(t.amount_cents)::bigint as credits
+    from ledger.operations o
+    join ledger.transfers t on t.operation_id = o.id
+    join ledger.accounts a on a.id = t.to_account_id and a.system_purpose = 'credit_issuance'
+    where o.kind = 'credit_purchase_refund'
+    group by 1
+  ) taken on taken.stripe_session_id = p.stripe_session_id
+  left join (
+    select r.stripe_session_id, sum(r.amount_credits)::bigint as credits
+    from credits.receivables r where r.reason = 'stripe_refund' and r.stripe_session_id is not null
+    group by 1
+  ) owed on owed.stripe_session_id = p.stripe_session_id
+  where p.credits_reversed <> coalesce(taken.credits, 0) + coalesce(owed.credits, 0)
   union all
   select 'hold_journal', h.account_id, null::text, h.amount_credits, coalesce(journal.moved, 0)::bigint,
     format('hold %s: %s credits locked, the journal says %s', h.order_id, h.amount_credits, coalesce(journal.moved, 0))

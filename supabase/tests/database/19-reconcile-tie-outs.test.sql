@@ -4,7 +4,7 @@
 -- check names exactly that record.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(12);
+select plan(14);
 
 -- A little of everything, so that every check has records to look at.
 select public.sp_process_bar_order('DEMO-0091', '[{"product_id": "beer", "quantity": 2}, {"product_id": "cup-deposit", "quantity": 1}]',
@@ -110,6 +110,23 @@ select results_eq(
   'a hold whose release did not go to the party its status names is named');
 update credits.escrow_holds set status = 'unlocked' where order_id = 'tie-order';
 alter table credits.escrow_holds enable trigger user;
+
+-- Credit purchase refunds: 30 credits for 3000 cents, a third refunded.
+insert into credits.credit_packages (code, credits, price_cents, currency) values ('TIE-30', 30, 3000, 'EUR');
+create temp table tie_purchase as
+select public.sp_prepare_credit_purchase('00000000-0000-4000-8000-0000000e0001', 'TIE-30', 'tie-prepare') as pending;
+select public.sp_attach_credit_checkout_session((select (pending ->> 'purchase_id')::bigint from tie_purchase), 'cs_tie_credits',
+  'https://checkout.stripe.test/c/pay/cs_tie_credits');
+select public.sp_process_credit_purchase('cs_tie_credits', 3000, 'eur', 'paid', 'pi_tie_credits', 'evt_tie_credits',
+  '00000000-0000-4000-8000-0000000e0001', 30, (select (pending ->> 'purchase_id')::bigint from tie_purchase));
+select public.sp_process_stripe_refund('pi_tie_credits', 'ch_tie_credits', 1000, 'eur', 'evt_tie_credits_refund');
+select is_empty('select * from public.ledger_reconcile()', 'a bought and partly refunded credit purchase ties out');
+update credits.credit_purchases set credits_reversed = credits_reversed + 1 where stripe_session_id = 'cs_tie_credits';
+select results_eq(
+  $$ select check_name, expected_cents, actual_cents from public.ledger_reconcile() $$,
+  $$ values ('purchase_refund', 11::bigint, 10::bigint) $$,
+  'a purchase whose reversed credits differ from what its refunds took back and left owed is named');
+update credits.credit_purchases set credits_reversed = credits_reversed - 1 where stripe_session_id = 'cs_tie_credits';
 
 -- Signs of system accounts: a transfer that takes money out of a bar's revenue into a card.
 select ledger.post_transfers(
