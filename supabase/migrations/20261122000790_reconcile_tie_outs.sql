@@ -66,6 +66,8 @@ $$;
  *                         did not fund the recharge's operation by exactly its amount (and bonus)
  *   deposits_outstanding  a shard of festival.deposits_outstanding differs from the ledger, or
  *                         its row is missing
+ *   card_dispute_hold     an open card dispute's hold account does not hold the disputed amount and
+ *                         its bonus (from the card and receivables), or a closed one holds anything
  *   refund_reversal       what an online recharge says was refunded and reversed (money plus
  *                         bonus) differs from what its refund operations (and restored failed
  *                         refunds) moved back to Stripe clearing and promotions
@@ -163,6 +165,13 @@ as $$
   from festival.recharges r left join refund_moves m on m.recharge_id = r.id
   where r.payment_method = 'stripe' and r.refunded_cents + r.bonus_reversed_cents <> coalesce(m.reversed_cents, 0)
   union all
+  select 'card_dispute_hold', d.hold_account_id, a.code,
+    case when d.status = 'open' then d.amount_cents + d.bonus_cents else 0 end, a.balance_cents,
+    format('dispute %s (%s) of recharge %s: the hold should hold %s, it holds %s', d.stripe_dispute_id, d.status,
+      d.recharge_id, case when d.status = 'open' then d.amount_cents + d.bonus_cents else 0 end, a.balance_cents)
+  from festival.card_disputes d join ledger.accounts a on a.id = d.hold_account_id
+  where a.balance_cents <> case when d.status = 'open' then d.amount_cents + d.bonus_cents else 0 end
+  union all
   select 'deposits_outstanding', b.account_id, b.code, b.balance_cents, d.held_cents,
     format('deposits held shard %s: the counter says %s, the ledger %s', a.shard, coalesce(d.held_cents::text, 'nothing'),
       b.balance_cents)
@@ -183,6 +192,8 @@ $$;
  *   hold_journal        a hold whose lock row differs from its amount
  *   purchase_refund     a purchase's reversed credits differ from what its refund operations took
  *                       back plus what they left as receivables
+ *   credit_dispute_hold the credits held for open disputes differ from what the credit_disputes
+ *                       account holds
  *   hold_release        a released hold whose release operation did not move exactly its amount
  *                       from the hold to the client (unlocked) or to the named provider (paid out)
  */
@@ -242,6 +253,15 @@ as $$
     group by 1
   ) owed on owed.stripe_session_id = p.stripe_session_id
   where p.credits_reversed <> coalesce(taken.credits, 0) + coalesce(owed.credits, 0)
+  union all
+  select 'credit_dispute_hold', null::bigint, 'credit_disputes', held.credits, coalesce(ledger_side.credits, 0),
+    format('open credit disputes hold %s credits, the credit_disputes account holds %s', held.credits,
+      coalesce(ledger_side.credits, 0))
+  from (select coalesce(sum(held_credits), 0)::bigint as credits from credits.dispute_holds where status = 'held') held
+  cross join (
+    select sum(balance_cents)::bigint as credits from ledger.account_balances where system_purpose = 'credit_disputes'
+  ) ledger_side
+  where held.credits <> coalesce(ledger_side.credits, 0)
   union all
   select 'hold_journal', h.account_id, null::text, h.amount_credits, coalesce(journal.moved, 0)::bigint,
     format('hold %s: %s credits locked, the journal says %s', h.order_id, h.amount_credits, coalesce(journal.moved, 0))
