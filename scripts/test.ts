@@ -21,6 +21,7 @@ import { BROWSER_TEST_FILE, runBrowserSuite } from "./lib/browser-tests.ts";
 import { startStripeStandIn } from "./lib/stripe-stand-in.ts";
 import { LOCAL_WEBHOOK_SECRET } from "../supabase/functions/_shared/stripe.ts";
 import { loadtestSmokeSuite } from "./lib/loadtest.ts";
+import { staleDatabaseTypes } from "./lib/db-types.ts";
 
 interface SuiteResult {
   name: string;
@@ -159,6 +160,9 @@ try {
     record("migrations and seed (supabase CLI, config.toml)", 0, 1, (error as Error).message);
     throw error;
   }
+  // The committed procedure types must be what these migrations generate (`npm run gen:types`).
+  const stale = await staleDatabaseTypes(url).catch((error) => `gen types failed: ${(error as Error).message}`);
+  record("generated database types are current", stale ? 0 : 1, stale ? 1 : 0, stale ?? "");
   await check("type check (deno check)", Deno.execPath(), [
     "check",
     "scripts/",

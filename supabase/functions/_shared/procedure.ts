@@ -3,13 +3,13 @@
 
 import type { OutcomeBody } from "./errors.ts";
 import { outcomeResponse, type RequestContext } from "./http.ts";
-import type { ProcedureArguments, RpcCall } from "./rpc.ts";
+import type { ProcedureArgs, ProcedureName, RpcCall } from "./rpc.ts";
 
-export async function respondWithProcedure(
+export async function respondWithProcedure<Name extends ProcedureName>(
   context: RequestContext,
   call: RpcCall,
-  procedure: string,
-  args: ProcedureArguments,
+  procedure: Name,
+  args: ProcedureArgs<Name>,
 ): Promise<Response> {
   const result = await call(procedure, args, { functionName: context.functionName, requestId: context.requestId });
   return outcomeResponse(context, result as OutcomeBody);

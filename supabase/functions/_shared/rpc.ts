@@ -5,11 +5,29 @@
 import postgres from "postgres";
 import { currentCallerScope } from "./caller.ts";
 
+import type { Database, Json } from "./database.types.ts";
+
+type Procedures = Database["public"]["Functions"];
+
+/** The public procedures that answer jsonb: every one a function may call (`database.types.ts`). */
+export type ProcedureName = {
+  [Name in keyof Procedures]: Json extends Procedures[Name]["Returns"] ? Name : never;
+}[keyof Procedures];
+
+/**
+ * A procedure's named arguments, as the migrations declare them. SQL null is accepted for any of
+ * them: the procedure itself refuses a missing required value with the field's name.
+ */
+export type ProcedureArgs<Name extends ProcedureName> = {
+  [Argument in keyof Procedures[Name]["Args"]]: Procedures[Name]["Args"][Argument] | null;
+};
+
 export type ProcedureArguments = Record<string, string | number | boolean | null | object | undefined>;
+/** A procedure's jsonb answer: an outcome object (`{ok: true, ...}` or `{ok: false, error}`). */
 export type ProcedureResult = Record<string, unknown>;
-export type RpcCall = (
-  procedure: string,
-  args?: ProcedureArguments,
+export type RpcCall = <Name extends ProcedureName>(
+  procedure: Name,
+  args: ProcedureArgs<Name>,
   context?: CallContext,
 ) => Promise<ProcedureResult>;
 
@@ -103,12 +121,12 @@ export function createRpc(databaseUrl: string, options: { maxConnections?: numbe
     connection: { application_name: "edge-functions" },
   });
 
-  async function call(
-    procedure: string,
-    args: ProcedureArguments = {},
+  async function call<Name extends ProcedureName>(
+    procedure: Name,
+    args: ProcedureArgs<Name>,
     context: CallContext = {},
   ): Promise<ProcedureResult> {
-    const { text, values } = buildCall(procedure, args, context);
+    const { text, values } = buildCall(procedure, args as ProcedureArguments, context);
     for (let attempt = 1;; attempt++) {
       try {
         // postgres.js asks the server for the parameter types and serializes each value for its

@@ -21,7 +21,7 @@ export function createHealthHandler(call: RpcCall): (request: Request) => Promis
     // Anyone may ask; the probe changes nothing.
     recordCallerScope("public");
     try {
-      const result = await withTimeout(call("health_check"), DATABASE_TIMEOUT_MS);
+      const result = await withTimeout(call("health_check", {}), DATABASE_TIMEOUT_MS);
       context.outcome = "ok";
       return jsonResponse(200, { status: "ok", database: "ok", migration: result.migration }, context.requestId);
     } catch (error) {

@@ -45,7 +45,7 @@ Deno.test("rpc: refuses names that are not plain identifiers", () => {
 Deno.test("rpc: calls a real procedure and returns its jsonb", async () => {
   const client = createRpc(DATABASE_URL, { maxConnections: 1 });
   try {
-    const result = await client.call("health_check");
+    const result = await client.call("health_check", {});
     assert.equal(result.ok, true);
     assert.match(String(result.migration), /^\d{14}$/);
   } finally {
@@ -57,7 +57,9 @@ Deno.test("rpc: a Postgres error becomes a ProcedureError with its SQLSTATE", as
   const client = createRpc(DATABASE_URL, { maxConnections: 1 });
   try {
     // health_check takes no arguments: calling it with one is an undefined function (42883).
+    // The generated types refuse this call at compile time; the database must refuse it too.
     await assert.rejects(
+      // @ts-expect-error: an argument health_check does not declare
       client.call("health_check", { unexpected: 1 }),
       (error: unknown) => error instanceof ProcedureError && error.sqlState === "42883",
     );
@@ -72,7 +74,7 @@ Deno.test("rpc: an unreachable database is DatabaseUnavailableError", async () =
   listener.close();
   const client = createRpc(`postgresql://postgres:postgres@127.0.0.1:${port}/postgres`, { maxConnections: 1 });
   try {
-    await assert.rejects(client.call("health_check"), DatabaseUnavailableError);
+    await assert.rejects(client.call("health_check", {}), DatabaseUnavailableError);
   } finally {
     await client.end();
   }
