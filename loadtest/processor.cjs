@@ -88,7 +88,7 @@ function record(context, step, response, extra) {
   return body;
 }
 
-function startTimer(requestParams, context, events, next) {
+function startTimer(_requestParams, context, _events, next) {
   context.vars.$requestStartedAt = Date.now();
   return next();
 }
@@ -111,7 +111,7 @@ function orderItems(cardId) {
   return items;
 }
 
-function prepareBarOrder(context, events, next) {
+function prepareBarOrder(context, _events, next) {
   const cardId = pick(data.cards);
   context.vars.flow = "bar_order";
   context.vars.bartender = pick(BARTENDERS);
@@ -143,7 +143,7 @@ function rememberCups(body, items, cardId) {
 }
 
 function afterBarOrder(step) {
-  return function (requestParams, response, context, events, next) {
+  return function (_requestParams, response, context, _events, next) {
     const order = context.vars.orderBody;
     const body = record(context, step, response, {
       key: order.client_request_id,
@@ -167,7 +167,7 @@ function duplicateTapRequest(requestParams, context, events, next) {
 // Balance reads (a staff device: no PIN needed)
 // ---------------------------------------------------------------------------------------------
 
-function prepareBalance(context, events, next) {
+function prepareBalance(context, _events, next) {
   context.vars.flow = "balance_read";
   context.vars.balanceCard = pick(data.cards);
   context.vars.staffToken = pick([...BARTENDERS, data.tokens.cashier]);
@@ -180,7 +180,7 @@ function balanceRequest(requestParams, context, events, next) {
   return startTimer(requestParams, context, events, next);
 }
 
-function afterBalance(requestParams, response, context, events, next) {
+function afterBalance(_requestParams, response, context, _events, next) {
   record(context, "balance", response, { card: context.vars.balanceCard });
   return next();
 }
@@ -189,7 +189,7 @@ function afterBalance(requestParams, response, context, events, next) {
 // Checkpoint recharges: cash or card terminal, by amount or package; 5 % resend the same key.
 // ---------------------------------------------------------------------------------------------
 
-function prepareRecharge(context, events, next) {
+function prepareRecharge(context, _events, next) {
   const cashier = pick(CASHIERS);
   context.vars.flow = "checkpoint_recharge";
   context.vars.cashierToken = cashier.token;
@@ -213,7 +213,7 @@ function rechargeRequest(requestParams, context, events, next) {
 }
 
 function afterRecharge(step) {
-  return function (requestParams, response, context, events, next) {
+  return function (_requestParams, response, context, _events, next) {
     const body = context.vars.rechargeBody;
     record(context, step, response, { key: body.client_request_id, card: body.card_id, keep: true });
     return next();
@@ -227,7 +227,7 @@ function afterRecharge(step) {
 // the unpaid checkout.session.completed).
 // ---------------------------------------------------------------------------------------------
 
-function prepareCheckout(context, events, next) {
+function prepareCheckout(context, _events, next) {
   context.vars.flow = "stripe_topup";
   const body = {
     card_id: pick(data.cards),
@@ -265,7 +265,7 @@ function stripeEvent(type, session) {
   };
 }
 
-function afterCheckout(requestParams, response, context, events, next) {
+function afterCheckout(_requestParams, response, context, _events, next) {
   const request = context.vars.checkoutBody;
   const body = record(context, "checkout", response, { key: request.client_request_id, card: request.card_id, keep: true });
   if (!body || body.ok !== true) return next();
@@ -321,7 +321,7 @@ function webhookRequest(requestParams, context, events, next) {
   return startTimer(requestParams, context, events, next);
 }
 
-function afterWebhook(requestParams, response, context, events, next) {
+function afterWebhook(_requestParams, response, context, _events, next) {
   const delivery = context.vars.webhookEvents[context.vars.webhookIndex];
   record(context, delivery.step, response, {
     key: delivery.event.id,
@@ -345,7 +345,7 @@ function twoPractitioners() {
   return [first, second];
 }
 
-function prepareBooking(context, events, next) {
+function prepareBooking(context, _events, next) {
   const [booker, treating] = twoPractitioners();
   context.vars.flow = "credits";
   context.vars.userToken = booker.token;
@@ -367,14 +367,14 @@ function bookingRequest(requestParams, context, events, next) {
 }
 
 function afterBooking(step) {
-  return function (requestParams, response, context, events, next) {
+  return function (_requestParams, response, context, _events, next) {
     const body = context.vars.bookingBody;
     record(context, step, response, { key: body.client_request_id, user: context.vars.bookingUser, keep: true });
     return next();
   };
 }
 
-function prepareLock(context, events, next) {
+function prepareLock(context, _events, next) {
   const [client, provider] = twoPractitioners();
   context.vars.flow = "credits";
   context.vars.userToken = client.token;
@@ -401,7 +401,7 @@ function lockRequest(requestParams, context, events, next) {
   return startTimer(requestParams, context, events, next);
 }
 
-function afterLock(requestParams, response, context, events, next) {
+function afterLock(_requestParams, response, context, _events, next) {
   const body = record(context, "escrow_lock", response, {
     key: context.vars.lockBody.client_request_id,
     user: context.vars.lockUser,
@@ -417,7 +417,7 @@ function unlockRequest(requestParams, context, events, next) {
   return startTimer(requestParams, context, events, next);
 }
 
-function afterUnlock(requestParams, response, context, events, next) {
+function afterUnlock(_requestParams, response, context, _events, next) {
   record(context, "escrow_unlock", response, {
     key: context.vars.unlockBody.client_request_id,
     user: context.vars.lockUser,

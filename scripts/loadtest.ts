@@ -63,7 +63,7 @@ const FIND_MAX = {
   maxRate: 600,
 };
 
-async function remoteTarget(url: string): Promise<Target> {
+function remoteTarget(url: string): Target {
   const databaseUrl = argument("db-url") ?? Deno.env.get("LOADTEST_DB_URL");
   const serviceKey = argument("service-key") ?? Deno.env.get("LOADTEST_SERVICE_KEY");
   if (!databaseUrl || !serviceKey) {
@@ -156,7 +156,7 @@ let exitCode = 0;
 
 try {
   target = targetUrl
-    ? await remoteTarget(targetUrl)
+    ? remoteTarget(targetUrl)
     : await startLocalTarget({ throwaway: false, statements: true, poolMax: Number(Deno.env.get("DB_POOL_MAX") ?? "8") });
   const data = await prepareLoadData(target);
   // Warm the connection pools and plan caches with a few seconds of the same traffic (its own

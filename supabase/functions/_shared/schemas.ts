@@ -24,6 +24,7 @@ export const clientRequestId = externalId;
 export const packageCode = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/, "1 to 32 letters, digits, '_' or '-'");
 /** Free text (labels, reasons): no control characters, which Postgres text refuses (NUL) or logs mangle. */
 export function freeText(maxLength: number) {
+  // deno-lint-ignore no-control-regex -- matching control characters is the point of this check
   return z.string().min(1).max(maxLength).regex(/^[^\u0000-\u001f\u007f]+$/, "no control characters");
 }
 export const amountCents = z.number().int().positive().max(MAX_AMOUNT_CENTS);

@@ -19,6 +19,7 @@ const visible = (max: number) => z.string().regex(new RegExp(`^[\\x21-\\x7e]{1,$
 export const NfcScan = z.strictObject({
   device_sequence: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   card_uid: visible(128).optional(),
+  // deno-lint-ignore no-control-regex -- matching control characters is the point of this check
   raw_data: z.string().max(2048).regex(/^[^\u0000]*$/, "no NUL characters").optional(),
   status: z.enum(["ok", "unreadable", "unknown_card", "duplicate_ignored", "blocked"]),
   scanned_at: z.iso.datetime({ offset: true }),

@@ -104,7 +104,7 @@ Deno.test("concurrency: 10 s of mixed recharges, orders and returns from 16 conn
       [{ product_id: "water", quantity: 3 }, { product_id: "soda", quantity: 1 }],
     ];
 
-    async function worker(workerIndex: number): Promise<void> {
+    const worker = async (workerIndex: number): Promise<void> => {
       for (let step = 0; Date.now() < deadline; step++) {
         const cardId = cardIds[(workerIndex + step) % cardIds.length];
         const kind = (workerIndex * 7 + step) % 4;
@@ -131,7 +131,7 @@ Deno.test("concurrency: 10 s of mixed recharges, orders and returns from 16 conn
           unexpected.push(error);
         }
       }
-    }
+    };
 
     await Promise.all(Array.from({ length: connections }, (_, index) => worker(index)));
     assert.deepEqual(unexpected, [], "no deadlock, serialization failure or other error");
